@@ -1,0 +1,392 @@
+"""Typed run configuration: YAML files with `base:` inheritance and `key.sub=value` overrides.
+
+Every value a run reads is declared here, once, with its type and default. Loading validates the
+whole tree before any work starts: an unknown key, a wrong type or a missing required value raises
+`ConfigError` naming the key, the file (or command line) it came from, and the nearest valid key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+MISSING_VALUE = "???"  # a YAML value that must be filled in by a child config or the command line
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who wrote the config."""
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+
+@dataclass
+class RunConfig:
+    """What to run and where its outputs go."""
+
+    task: Literal["mae", "classify", "linprobe"] = "mae"
+    name: str = ""
+    output: str = "runs/default"  # run directory; `--output` on the command line wins
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """The video transformer trunk and its head. Clip geometry lives in `data`."""
+
+    size: str = "b"  # a row of ppma_scale.models.sizes.SIZES (s, b, l, h, g, or a tiny test size)
+    embed_dim: Optional[int] = None  # overrides of the size table's row, for custom/tiny models
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    mlp_ratio: Optional[float] = None
+    patch_size: Optional[int] = None  # spatial patch; the size table gives 16 (14 for g)
+    tubelet: int = 2  # temporal patch
+    qkv_bias: bool = True
+    layer_scale: Optional[float] = None  # LayerScale init value; None = off
+    drop_path: float = 0.0
+    pos_embed: Literal["sincos", "learned"] = "sincos"
+    act_checkpoint_every: int = 0  # non-reentrant activation checkpointing of every k-th block; 0 = off
+    compile: bool = False  # torch.compile the blocks (opt-in; see BENCHMARKS.md)
+    num_classes: Optional[int] = None  # classification tasks; None = number of classes in the label space
+    head_dropout: float = 0.0
+    init: Optional[str] = None  # weights to start the trunk from: run dir, DeepSpeed ckpt, safetensors, or a public layout
+    average: list[str] = field(default_factory=list)  # adaptive averaging: trunks to blend (>= 2 paths)
+    average_mode: Literal["per_model", "per_tensor"] = "per_model"
+
+
+@dataclass
+class MAEConfig:
+    """Stage-1 masked autoencoding: masks, decoder, reconstruction target."""
+
+    mask_type: Literal["random", "tube"] = "random"
+    mask_ratio: float = 0.9
+    decoder_mask_ratio: float = 0.0  # VideoMAE V2 running-cell decoder masking; 0 = reconstruct all masked
+    decoder_dim: Optional[int] = None  # None: per-size default (VideoMAE: S 192, B 384, L 512, H 640)
+    decoder_depth: int = 4
+    decoder_heads: Optional[int] = None  # None: decoder_dim // 64
+    target_norm: Literal["per_channel", "all", "none"] = "per_channel"  # PPMA / mae_st / raw pixels
+
+
+@dataclass
+class DatasetSpec:
+    """One source of clips: a shard manifest and its share of the mix."""
+
+    manifest: str = MISSING_VALUE  # path (or URL) of a manifest.json written by shards_tools.pack
+    weight: float = 1.0
+    name: Optional[str] = None  # defaults to the manifest's dataset name
+
+
+@dataclass
+class DataConfig:
+    """Where clips come from and how they are cut, decoded and batched."""
+
+    train: list[DatasetSpec] = field(default_factory=list)
+    val: list[DatasetSpec] = field(default_factory=list)
+    classes: Optional[str] = None  # label space: a class-names file; None = the first train manifest's classes
+    mix: Literal["sample", "batch"] = "sample"  # weighted mixing per sample, or whole batches per dataset
+    allow_pipe: bool = False  # permit `pipe:` shard URLs (they run a shell command)
+    decoder: Literal["auto", "dali", "pyav"] = "auto"
+    num_frames: int = 16
+    img_size: int = 224
+    sampling: Literal["stride", "window"] = "window"  # T frames at a stride, or spread over window_s seconds
+    stride: int = 4
+    window_s: float = 2.7
+    short_side: int = 256  # test-time resize, and the scale the train crops are taken from
+    repeat_aug: int = 1  # views per decoded clip (PPMA stage 1: 4)
+    shuffle_buffer: int = 256
+    num_workers: int = 2
+    prefetch: int = 2
+    test_clips: int = 2
+    test_crops: int = 3
+    max_decode_failures: float = 0.01  # stop if more than this share of samples fail to decode
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation. Stage 1 uses the crop/flip part; stage 2 and fine-tuning use all of it."""
+
+    crop: Literal["random_resized", "multi_scale", "center"] = "random_resized"
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
+    flip: bool = True
+    randaugment: Optional[str] = None  # timm spec, e.g. "rand-m7-n4-mstd0.5-inc1"; applied per clip
+    erase_prob: float = 0.0  # cube random erasing
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    label_smoothing: float = 0.0
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay, stepped per optimizer step."""
+
+    lr: Optional[float] = None  # absolute peak lr; None = base_lr * global_batch / lr_ref_batch
+    base_lr: float = 1.5e-4
+    lr_ref_batch: int = 256
+    min_lr: float = 0.0
+    warmup_epochs: float = 0.0
+    warmup_steps: Optional[int] = None  # wins over warmup_epochs when set
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    layer_decay: Optional[float] = None  # layer-wise lr decay (align/fine-tune 0.75)
+    clip_grad: Optional[float] = None
+
+
+@dataclass
+class TrainConfig:
+    """The loop: batch geometry, length, precision, sharding, logging and checkpoint cadence."""
+
+    micro_batch: int = 8  # clips per GPU per forward
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (wins over epochs)
+    steps_per_epoch: Optional[int] = None  # None: from the manifests
+    zero_stage: int = 2
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    offload: Literal["none", "cpu"] = "none"
+    log_every: int = 10
+    ckpt_every: int = 500  # optimizer steps between checkpoints; 0 = only at the end
+    keep_last: int = 3
+    eval_every: int = 0  # epochs between evaluations; 0 = only at the end (classification tasks)
+    max_nonfinite: int = 5  # consecutive non-finite steps before stopping
+    tensorboard: bool = False
+    peak_tflops: Optional[float] = None  # per-GPU peak for MFU; None = look the device up
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+COMMAND_LINE = "the command line"
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read `path` (following `base:`), apply `key.sub=value` overrides, validate, return a Config."""
+    raw, sources = _read_with_bases(Path(path), chain=())
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value, sources, COMMAND_LINE)
+    return build_config(raw, sources)
+
+
+def build_config(raw: dict, sources: dict[str, str] | None = None) -> Config:
+    """Validate a plain nested dict against the schema (sources map dotted keys to their file)."""
+    return _build(Config, raw, sources or {}, prefix="")
+
+
+def config_to_dict(cfg: Any) -> Any:
+    """The resolved config as plain YAML-able data."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, list):
+        return [config_to_dict(v) for v in cfg]
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config (what actually ran) as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`model.drop_path=0.1` -> ("model.drop_path", 0.1); values parse as YAML (lists, bools, null)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
+    path = path.expanduser()
+    if not path.is_file():
+        where = f" (named as base: by {chain[-1]})" if chain else ""
+        raise FileNotFoundError(f"config file {path} does not exist{where}")
+    resolved = path.resolve()
+    if resolved in chain:
+        loop = " -> ".join(str(p) for p in (*chain, resolved))
+        raise ConfigError(f"config inheritance loops: {loop}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, not {type(data).__name__}")
+    bases = data.pop("base", None)
+    merged: dict = {}
+    sources: dict[str, str] = {}
+    for base in [bases] if isinstance(bases, str) else (bases or []):
+        base_raw, base_sources = _read_with_bases(path.parent / base, (*chain, resolved))
+        _deep_merge(merged, base_raw)
+        sources.update(base_sources)
+    _deep_merge(merged, data)
+    for key in _dotted_keys(data):
+        sources[key] = str(path)
+    return merged, sources
+
+
+def _deep_merge(into: dict, new: dict) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _dotted_keys(data: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        if isinstance(value, dict):
+            keys.extend(_dotted_keys(value, dotted + "."))
+    return keys
+
+
+def _set_dotted(raw: dict, key: str, value: Any, sources: dict[str, str], source: str) -> None:
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+    sources[key] = source
+
+
+def _build(cls: type, raw: Any, sources: dict[str, str], prefix: str) -> Any:
+    where = _where(prefix.rstrip("."), sources)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'the config'}{where} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            dotted = prefix + str(key)
+            raise ConfigError(f"unknown key {dotted!r}{_where(dotted, sources)}{_nearest(prefix, str(key), names)}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        dotted = prefix + f.name
+        if f.name in raw:
+            values[f.name] = _coerce(hints[f.name], raw[f.name], dotted, sources)
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            values[f.name] = default
+        if values[f.name] == MISSING_VALUE:
+            raise ConfigError(f"{dotted} is required but was not set{_where(dotted, sources)}")
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, dotted: str, sources: dict[str, str]) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0] if len(inner) == 1 else Union[tuple(inner)], value, dotted, sources)
+    if value == MISSING_VALUE:
+        return value
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{dotted}{_where(dotted, sources)} must be one of {choices}, got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = args
+        if dataclasses.is_dataclass(item_tp) and not isinstance(value, list):
+            value = [value]  # one dataset given where a list is expected
+        if not isinstance(value, list):
+            _type_error(dotted, sources, "a list", value)
+        return [_coerce(item_tp, v, f"{dotted}[{i}]", sources) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, str) and tp is DatasetSpec:
+            value = {"manifest": value}  # shorthand: data.train=/path/manifest.json
+        return _build(tp, value, sources, prefix=dotted + ".")
+    if tp is bool:
+        if not isinstance(value, bool):
+            _type_error(dotted, sources, "true or false", value)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _type_error(dotted, sources, "an integer", value)
+        return value
+    if tp is float:
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                _type_error(dotted, sources, "a number", value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _type_error(dotted, sources, "a number", value)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _type_error(dotted, sources, "a string", value)
+        return value
+    raise TypeError(f"config schema field {dotted} has unsupported type {tp!r}")
+
+
+def _type_error(dotted: str, sources: dict[str, str], expected: str, value: Any) -> None:
+    raise ConfigError(f"{dotted}{_where(dotted, sources)} must be {expected}, got {value!r}")
+
+
+def _where(dotted: str, sources: dict[str, str]) -> str:
+    key = dotted.split("[")[0]
+    while key:
+        if key in sources:
+            return f" (set in {sources[key]})"
+        key = key.rpartition(".")[0]
+    below = [src for k, src in sources.items() if k.startswith(dotted + ".")]
+    return f" (set in {below[0]})" if below else ""
+
+
+def _nearest(prefix: str, key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {prefix + close[0]!r}?"
+    elsewhere = [k for k in schema_keys() if k.rsplit(".", 1)[-1] == key]
+    if elsewhere:
+        return f"; did you mean {elsewhere[0]!r}?"
+    close = difflib.get_close_matches(prefix + key, schema_keys(), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; valid keys here: {', '.join(prefix + n for n in names)}"
+
+
+def schema_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted key the schema knows, e.g. 'optim.lr'."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        keys.append(prefix + f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.extend(schema_keys(hints[f.name], prefix + f.name + "."))
+    return keys

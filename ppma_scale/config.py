@@ -300,7 +300,9 @@ def _build(cls: type, raw: Any, sources: dict[str, str], prefix: str) -> Any:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             values[f.name] = default
         if values[f.name] == MISSING_VALUE:
-            raise ConfigError(f"{dotted} is required but was not set{_where(dotted, sources)}")
+            origin = _where(dotted, sources).replace(" (set in ", " (left as ??? in ")
+            raise ConfigError(f"{dotted} is required{origin}: set it in a config file or on the "
+                              f"command line as {dotted}=...")
     return cls(**values)
 
 

@@ -50,7 +50,7 @@ class ModelConfig:
     qkv_bias: bool = True
     layer_scale: Optional[float] = None  # LayerScale init value; None = off
     drop_path: float = 0.0
-    pos_embed: Literal["sincos", "learned"] = "sincos"
+    pos_embed: Literal["sincos", "learned", "sincos_1d"] = "sincos"  # sincos_1d: VideoMAE/PPMA table, exports to HF
     act_checkpoint_every: int = 0  # non-reentrant activation checkpointing of every k-th block; 0 = off
     compile: bool = False  # torch.compile the blocks (opt-in; see BENCHMARKS.md)
     num_classes: Optional[int] = None  # classification tasks; None = number of classes in the label space
@@ -153,6 +153,8 @@ class TrainConfig:
     zero_stage: int = 2
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     offload: Literal["none", "cpu"] = "none"
+    offload_params: bool = False  # ZeRO-3 with offload=cpu: keep the parameters on the CPU too (engine)
+    dist_timeout_s: int = 1800  # collective timeout; must cover the slowest checkpoint save (engine)
     log_every: int = 10
     ckpt_every: int = 500  # optimizer steps between checkpoints; 0 = only at the end
     keep_last: int = 3

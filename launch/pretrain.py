@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""Stage 1 of PPMA: video MAE on (human-free) clips.
+
+    deepspeed --num_gpus 8 launch/pretrain.py --config configs/vitl.yaml data.train=/data/nohuman/manifest.json
+    torchrun --nproc_per_node 8 launch/pretrain.py --config configs/vitl.yaml ...
+    python launch/pretrain.py --config configs/demo/pretrain.yaml --output runs/demo
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout works without `pip install -e`
+
+from ppma_scale.cli import launch  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(launch(sys.argv[1:], stage="pretrain", tasks=("mae",)))

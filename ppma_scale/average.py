@@ -1,0 +1,60 @@
+"""Plain weight averaging of checkpoints ("model soup"), written as one safetensors file.
+
+    python -m ppma_scale.average RUN_A RUN_B [...] --out soup.safetensors [--weights 0.5 0.5] [--trunk]
+
+Inputs are run directories (their latest checkpoint), checkpoint folders, or weights files. By
+default whole models are averaged and must share their keys (e.g. two fine-tunes of one task);
+`--trunk` first reduces each input to its trunk, so an MAE run and an aligned run can be blended
+(decoder, mask token and heads dropped). The output loads with `model.init=soup.safetensors`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .engine.averaging import average_state_dicts, check_same_layout
+
+
+def average_files(inputs: list[str], out: str | Path, weights: list[float] | None = None,
+                  trunk_only: bool = False) -> Path:
+    """Average the checkpoints `inputs` (uniformly unless `weights`) into the safetensors file `out`."""
+    from safetensors.torch import save_file
+    from .engine.pretrained import read_state_dict, read_trunk
+    if len(inputs) < 2:
+        raise ValueError(f"give at least 2 checkpoints to average, got {len(inputs)}")
+    states = [read_trunk(path).state if trunk_only else read_state_dict(path) for path in inputs]
+    try:
+        check_same_layout(states, names=inputs)
+    except ValueError as exc:
+        hint = "" if trunk_only else " (to blend models with different heads or decoders, pass --trunk)"
+        raise ValueError(f"{exc}{hint}") from None
+    averaged = average_state_dicts(states, weights)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shown = weights if weights is not None else [round(1 / len(inputs), 6)] * len(inputs)
+    metadata = {"format": "ppma_scale", "averaged_from": "\n".join(str(p) for p in inputs),
+                "weights": " ".join(str(w) for w in shown), "trunk_only": str(trunk_only)}
+    save_file({k: v.contiguous() for k, v in averaged.items()}, str(out), metadata=metadata)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ppma_scale.average", description=__doc__.split("\n")[0])
+    parser.add_argument("inputs", nargs="+", help="run directories, checkpoint folders or weights files")
+    parser.add_argument("--out", required=True, help="safetensors file to write")
+    parser.add_argument("--weights", type=float, nargs="+", default=None,
+                        help="one non-negative weight per input, summing to 1 (default: uniform)")
+    parser.add_argument("--trunk", action="store_true", help="average only the trunks (drop decoders/heads)")
+    args = parser.parse_args(argv)
+    try:
+        path = average_files(args.inputs, args.out, args.weights, args.trunk)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"average: error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Shared command line of the launch scripts: `--config FILE [key=value ...] --output DIR --resume ...`.
+
+Every stage's script is `sys.exit(launch(sys.argv[1:], stage=..., tasks=(...)))`. The config is
+loaded and checked before torch.distributed, DeepSpeed or the run directory are touched, so a
+mistake in it costs a second and leaves nothing behind.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+EXIT_CONFIG_ERROR = 2
+EXIT_NONFINITE = 3
+
+
+@dataclass
+class LaunchArgs:
+    config: Path
+    overrides: list[str]
+    output: str | None
+    resume: str
+
+
+def parse_launch_args(argv: list[str], stage: str) -> LaunchArgs:
+    parser = argparse.ArgumentParser(
+        prog=f"launch/{stage}.py",
+        description=f"Run the {stage} stage. Works under `deepspeed`, `torchrun`, `srun` or as a plain process.",
+        epilog="Example: deepspeed --num_gpus 8 launch/pretrain.py --config configs/vitl.yaml "
+               "data.train=/data/nohuman/manifest.json train.micro_batch=16")
+    parser.add_argument("--config", required=True, type=Path, help="YAML config (may name a `base:`)")
+    parser.add_argument("--output", default=None,
+                        help="run directory (config.yaml, metrics.jsonl, checkpoints/); default run.output")
+    parser.add_argument("--resume", default="auto",
+                        help="'auto' (default): continue from the run directory's latest checkpoint if any; "
+                             "'off': start fresh; or a run / checkpoints / step_N directory to start from")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    args = parser.parse_intermixed_args(argv)
+    return LaunchArgs(config=args.config, overrides=list(args.overrides), output=args.output, resume=args.resume)
+
+
+def _fail(stage: str, message: str, code: int) -> int:
+    print(f"launch/{stage}.py: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def launch(argv: list[str], *, stage: str, tasks: tuple[str, ...]) -> int:
+    """Parse, load and validate the config, train; the process exit code."""
+    args = parse_launch_args(argv, stage)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if cfg.run.task not in tasks:
+            raise ConfigError(f"run.task={cfg.run.task!r}, but launch/{stage}.py runs "
+                              f"{' or '.join(repr(t) for t in tasks)}: use the launch script of that stage")
+        if args.resume not in ("auto", "off", "none", "no", "false") and not Path(args.resume).exists():
+            raise FileNotFoundError(f"--resume {args.resume}: no such file or directory")
+        from .engine.tasks import build_task
+        from .engine.trainer import validate
+        task = build_task(cfg)
+        validate(cfg, task)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        return _fail(stage, str(exc), EXIT_CONFIG_ERROR)
+    from .engine.dist import shutdown
+    from .engine.trainer import NonFiniteError, run
+    try:
+        run(cfg, args.output, resume=args.resume, task=task)
+    except NonFiniteError as exc:
+        return _fail(stage, str(exc), EXIT_NONFINITE)
+    finally:
+        shutdown()  # `run` leaves the process group up, so one process can run several stages
+    return 0

@@ -1,0 +1,77 @@
+"""`python -m ppma_scale.convert` / `ppma-convert`: move trunk weights between layouts.
+
+    ppma-convert IN OUT.safetensors                 # any known layout -> our trunk keys
+    ppma-convert IN OUT_DIR --to hf                 # -> transformers VideoMAE (config.json + safetensors)
+
+IN is a checkpoint file (.safetensors, .pt/.pth/.bin) or a Hugging Face model directory in one of
+the layouts of `ppma_scale.models.convert` (ours, VideoMAE v1/v2, OmniMAE/PPMA, transformers).
+The trunk is rebuilt for --num-frames x --img-size clips (position tables adapted), so the
+output fits the clip geometry you train or evaluate at.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ppma_scale.models.convert import (encoder_from_trunk, export_hf, linear_head_state_dict, load_trunk_weights,
+                                       load_weights_file, to_trunk_state_dict)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ppma-convert", description=__doc__.split("\n")[0])
+    parser.add_argument("input", help="checkpoint file or Hugging Face model directory")
+    parser.add_argument("output", help="output .safetensors file (--to trunk) or directory (--to hf)")
+    parser.add_argument("--to", choices=("trunk", "hf"), default="trunk")
+    parser.add_argument("--num-frames", type=int, default=16)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--num-heads", type=int, default=None, help="needed when width x depth is not in the size table")
+    parser.add_argument("--source-grid", type=int, nargs=3, default=None, metavar=("T", "H", "W"),
+                        help="token grid of the checkpoint's learned position table, if it cannot be inferred")
+    parser.add_argument("--allow-pos-mismatch", action="store_true",
+                        help="export to hf even though the trunk's position table is not VideoMAE's")
+    return parser.parse_args(argv)
+
+
+def convert(args: argparse.Namespace) -> dict:
+    """Do one conversion; returns the report that main() prints."""
+    from ppma_scale.models.heads import VideoClassifier
+
+    state = load_weights_file(args.input)
+    trunk, layout = to_trunk_state_dict(state)
+    encoder = encoder_from_trunk(trunk, args.num_frames, args.img_size, args.num_heads,
+                                 final_norm=args.to == "trunk")
+    report = load_trunk_weights(encoder, trunk, layout, tuple(args.source_grid) if args.source_grid else None)
+    if args.to == "trunk":
+        from safetensors.torch import save_file
+
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(out), metadata={"format": "pt"})
+    else:
+        head = linear_head_state_dict(state, layout)
+        model = encoder
+        if head is not None:
+            model = VideoClassifier(encoder, num_classes=head["fc.weight"].shape[0], head="linear")
+            model.head.load_state_dict(head)
+        export_hf(model, args.output, allow_pos_mismatch=args.allow_pos_mismatch)
+        report["head"] = "exported" if head is not None else "none (trunk only)"
+    report["output"] = str(args.output)
+    return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = convert(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ppma-convert: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

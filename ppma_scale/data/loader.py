@@ -1,0 +1,219 @@
+"""The training stream: exact, resumable, the same number of batches on every rank.
+
+    stream = build_train_stream(datasets=[...], rank=r, world_size=n, micro_batch=8, ...)
+    stream.steps_per_epoch          # batches per rank per epoch, from the manifests
+    for batch in stream:            # infinite; epochs advance inside
+        batch["video"]              # uint8 (micro_batch * repeat_aug, C, T, H, W)
+        state = stream.state_dict() # as of the last batch yielded (prefetched ones do not count)
+
+Save `state_dict()` of every rank (gather them: DeepSpeed keeps client state of rank 0 only) and
+give the list back to `load_state_dict`: with the same world size each rank resumes its own
+cursors, so no sample repeats or goes missing; with another world size (or worker count, or
+micro-batch) the current epoch continues over exactly the samples no rank had consumed.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ppma_scale.data.clips import ClipSpec
+from ppma_scale.data.consumer import ConsumerStream, StreamContext, fresh_cursor
+from ppma_scale.data.decode import choose_decoder, make_decoder
+from ppma_scale.data.evalstream import EvalStream, build_eval_stream  # noqa: F401 (CONTRACTS: loader offers both)
+from ppma_scale.data.schedule import EpochPlan, Layout, continue_plan, default_steps, make_plan, next_plan
+from ppma_scale.data.shards import open_sources
+from ppma_scale.data.stats import StatsLog
+from ppma_scale.data.transforms import TrainAugment, render_views, train_views
+
+log = logging.getLogger(__name__)
+STATE_FORMAT = "ppma_scale.stream/1"
+
+
+class TrainStream:
+    """Iterate for batches; `state_dict`/`load_state_dict` for checkpoints; `stats` for metrics."""
+
+    def __init__(self, ctx: StreamContext, classes: list[str], decoder_reason: str, num_workers: int,
+                 prefetch: int, pin_memory: bool, device: str, max_decode_failures: float):
+        self.ctx = ctx
+        self.classes = classes
+        self.decoder = ctx.decoder
+        self.decoder_reason = decoder_reason
+        self.num_workers, self.prefetch, self.pin_memory = num_workers, prefetch, pin_memory
+        self.device = device
+        self.steps_per_epoch = ctx.steps
+        self._plan = make_plan(0, 0, ctx.steps, [0] * len(ctx.datasets), ctx.sizes, ctx.weights, ctx.layout)
+        self._step = 0
+        self._cursors = [fresh_cursor(self._plan) for _ in range(ctx.layout.workers)]
+        self._log = StatsLog(ctx.decoder, max_decode_failures)
+        self._main_decoder = None
+
+    # ----------------------------------------------------------------------------------- iteration
+    @property
+    def epoch(self) -> int:
+        """The epoch of the next batch."""
+        return self._plan.epoch
+
+    @property
+    def step(self) -> int:
+        """Batches yielded so far (over all epochs, including those before a resume)."""
+        return self._step
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        dataset = ConsumerStream(self.ctx, self._plan, [dict(c) for c in self._cursors])
+        loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
+                            prefetch_factor=self.prefetch if self.num_workers else None,
+                            pin_memory=self.pin_memory)
+        pending: dict[int, dict[str, Any]] = {}
+        for item in loader:
+            pending[item.pop("__step__")] = item
+            while self._step in pending:  # workers' round robin may start mid-cycle after a resume
+                batch = pending.pop(self._step)
+                self._account(batch)
+                yield self._finish(batch)
+
+    def _account(self, batch: dict[str, Any]) -> None:
+        worker = batch.pop("__worker__")
+        self._cursors[worker] = batch.pop("__cursor__")
+        self._log.merge(batch.pop("__stats__"))
+        self._step += 1
+        if self._step >= self._plan.end_step:
+            self._plan = next_plan(self._plan, self.ctx.steps, self.ctx.sizes, self.ctx.weights, self.ctx.layout)
+
+    def _finish(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if "__encoded__" in batch:  # GPU decode: DALI mixed in this process, views on the same device
+            batch["video"] = self._decode_on_device(batch)
+        return batch
+
+    def _decode_on_device(self, batch: dict[str, Any]) -> torch.Tensor:
+        from ppma_scale.data.decode import EncodedClip
+
+        if self._main_decoder is None:
+            device_id = torch.device(self.device).index or 0
+            self._main_decoder = make_decoder(self.decoder, self.ctx.layout.batch, device_id=device_id, threads=2)
+        encoded = batch.pop("__encoded__")
+        rng = np.random.default_rng(batch.pop("__view_seed__"))
+        decoded = self._main_decoder.decode([EncodedClip(data, idx) for data, idx in encoded])
+        good = [i for i, f in enumerate(decoded) if not isinstance(f, Exception)]
+        if not good:
+            raise RuntimeError(f"GPU decode failed for every clip of a batch: {decoded[0]}")
+        aug, views = self.ctx.augment, []
+        for i, frames in enumerate(decoded):
+            if isinstance(frames, Exception):  # already handed out: stand in another clip of the batch
+                key = batch["key"][i * aug.repeat]
+                self._log.merge({"decode_failures": 1, "failed": [{"key": key, "reason": str(frames)}]})
+                frames = decoded[good[i % len(good)]]
+            views.append(render_views(frames, train_views(frames.shape[1], frames.shape[2], aug, rng), aug.img_size))
+        return torch.cat(views)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts since the start: samples, decode_failures, unreadable; names of recent failures;
+        shard problems (each once); the decoder used."""
+        return self._log.snapshot()
+
+    # --------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's position, as of the last batch yielded."""
+        layout = self.ctx.layout
+        cursors = [c if c["epoch"] == self._plan.epoch else fresh_cursor(self._plan) for c in self._cursors]
+        return {"format": STATE_FORMAT, "rank": self.ctx.rank, "world_size": layout.world_size,
+                "workers": layout.workers, "batch": layout.batch, "mix": layout.mix, "seed": self.ctx.seed,
+                "block": self.ctx.block, "datasets": [[d.name, d.num_samples] for d in self.ctx.datasets],
+                "step": self._step, "plan": self._plan.to_state(), "cursors": cursors}
+
+    def load_state_dict(self, state: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
+        """Resume from this rank's state, or from the list of every rank's states (any world size)."""
+        states = [state] if isinstance(state, dict) else list(state)
+        if not states:
+            raise ValueError("load_state_dict got an empty list of data states")
+        ref = states[0]
+        self._check_compatible(states)
+        plan, step = EpochPlan.from_state(ref["plan"]), int(ref["step"])
+        old = Layout(ref["world_size"], ref["workers"], ref["batch"], ref["mix"])
+        layout = self.ctx.layout
+        if old == layout:
+            mine = [s for s in states if s["rank"] == self.ctx.rank]
+            if not mine:
+                raise ValueError(f"the data states given are for ranks {[s['rank'] for s in states]}, "
+                                 f"not for this rank {self.ctx.rank}")
+            self._plan, self._step, self._cursors = plan, step, [dict(c) for c in mine[0]["cursors"]]
+            return
+        ranks = sorted(s["rank"] for s in states)
+        if ranks != list(range(old.world_size)):
+            raise ValueError(f"the saved run had {old.world_size} ranks x {old.workers} workers x batch {old.batch}, "
+                             f"this one {layout.world_size} x {layout.workers} x {layout.batch}: continuing needs the "
+                             f"data states of all {old.world_size} saved ranks (got ranks {ranks})")
+        taken = {}
+        for s in states:
+            for w, cursor in enumerate(s["cursors"]):
+                if cursor["epoch"] == plan.epoch:
+                    taken[s["rank"] * old.workers + w] = list(cursor["taken"])
+        rest = continue_plan(plan, old, taken, step, layout, self.ctx.seed, self.ctx.block)
+        if rest is None:  # too little left for one step of the new layout: start the next epoch
+            rest = make_plan(plan.epoch + 1, step, self.ctx.steps, plan.next_cursor, self.ctx.sizes,
+                             self.ctx.weights, layout)
+        log.info("data stream: layout changed (%s -> %s); epoch %d continues over %d unconsumed steps",
+                 old, layout, rest.epoch, rest.steps)
+        self._plan, self._step = rest, step
+        self._cursors = [fresh_cursor(rest) for _ in range(layout.workers)]
+
+    def _check_compatible(self, states: Sequence[dict[str, Any]]) -> None:
+        ref = states[0]
+        if ref.get("format") != STATE_FORMAT:
+            raise ValueError(f"data state has format {ref.get('format')!r}, expected {STATE_FORMAT!r}")
+        now = [[d.name, d.num_samples] for d in self.ctx.datasets]
+        if [list(d) for d in ref["datasets"]] != now:
+            raise ValueError(f"the data state was saved for datasets {ref['datasets']} (name, samples); "
+                             f"the config now gives {now}")
+        if ref["seed"] != self.ctx.seed or ref["block"] != self.ctx.block:
+            raise ValueError(f"the data state was saved with seed {ref['seed']} and shuffle_buffer {ref['block']}; "
+                             f"the config now has {self.ctx.seed} and {self.ctx.block}: set them back to resume")
+        for s in states[1:]:
+            if s["step"] != ref["step"] or s["plan"]["epoch"] != ref["plan"]["epoch"]:
+                raise ValueError("the data states of the ranks come from different steps "
+                                 f"({s['step']} vs {ref['step']}): they must be saved at the same step")
+
+
+def build_train_stream(
+    datasets: Sequence[Any], *, rank: int = 0, world_size: int = 1, micro_batch: int = 8, seed: int = 0,
+    num_frames: int = 16, sampling: str = "window", stride: int = 4, window_s: float = 2.7,
+    img_size: int = 224, short_side: int = 256, repeat_aug: int = 1, crop: str = "random_resized",
+    scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (0.75, 1.3333), flip: bool = True,
+    randaugment: str | None = None, mean: Sequence[float] = (0.485, 0.456, 0.406),
+    decoder: str = "auto", device: str = "cpu", num_workers: int = 2, prefetch: int = 2,
+    shuffle_buffer: int = 256, mix: str = "sample", steps_per_epoch: int | None = None,
+    classes: str | Sequence[str] | None = None, require_labels: bool = False, allow_pipe: bool = False,
+    max_decode_failures: float = 0.01,
+) -> TrainStream:
+    """The training stream of one rank. `datasets`: manifest paths, dicts or SourceSpec-like objects
+    (manifest, weight, name, shards). `device`: where training runs ('cpu', 'cuda:0'); it decides
+    whether `decoder='auto'` may decode on the GPU. `require_labels`: classification (every
+    dataset class must be in the label space)."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} / world size {world_size} is not a valid placement")
+    if micro_batch < 1:
+        raise ValueError(f"train.micro_batch must be >= 1, got {micro_batch}")
+    if num_workers < 0 or prefetch < 1:
+        raise ValueError(f"data.num_workers must be >= 0 and data.prefetch >= 1, got {num_workers}, {prefetch}")
+    if mix not in ("sample", "batch"):
+        raise ValueError(f"data.mix must be 'sample' or 'batch', got {mix!r}")
+    if shuffle_buffer < 1:
+        raise ValueError(f"data.shuffle_buffer must be >= 1, got {shuffle_buffer}")
+    sets, space = open_sources(datasets, allow_pipe=allow_pipe, classes=classes, require_labels=require_labels)
+    clip = ClipSpec(num_frames, sampling, stride, window_s)
+    augment = TrainAugment(img_size, short_side, crop, tuple(scale), tuple(ratio), flip, randaugment, repeat_aug)
+    layout = Layout(world_size, max(1, num_workers), micro_batch, mix)
+    steps = steps_per_epoch if steps_per_epoch is not None else default_steps([s.num_samples for s in sets], layout)
+    if steps < 1:
+        total = sum(s.num_samples for s in sets)
+        raise ValueError(f"the training data holds {total} samples, fewer than one global batch "
+                         f"(world size {world_size} x micro_batch {micro_batch}); add data or lower train.micro_batch")
+    on_gpu = torch.device(device).type == "cuda"
+    kind, reason = choose_decoder(decoder, [s.codec for s in sets], on_gpu, needs_cpu_frames=bool(randaugment))
+    log.info("data stream: decoder %s (%s)", kind, reason)
+    ctx = StreamContext(sets, layout, rank, seed, shuffle_buffer, steps, clip, augment, kind, tuple(mean))
+    return TrainStream(ctx, space, reason, num_workers, prefetch, pin_memory=on_gpu, device=device,
+                       max_decode_failures=max_decode_failures)

@@ -1,0 +1,241 @@
+"""DeepSpeed checkpoints plus our per-rank state, saved so that a crash mid-save never loses the last one.
+
+Layout of `RUN_DIR/checkpoints/`:
+
+    latest                      tag of the newest *complete* checkpoint (the file DeepSpeed's loaders
+                                and zero_to_fp32 read too)
+    step_00001000/              DeepSpeed's files (model states, ZeRO optimizer partitions)
+        rank_00000.pt ...       our state per rank: data-stream cursor, RNG states
+        ppma_complete.json      written last, by rank 0, once every rank's files are on disk
+        universal/              a world-size-free copy, made on demand when resuming on other ranks
+
+A save writes everything, waits for every rank, then writes the marker and only then moves
+`latest` (both by atomic rename). A process killed anywhere in between leaves a tag without a
+marker, which resume ignores and the next save of that step replaces.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .dist import DistInfo, barrier, broadcast_object
+
+LATEST = "latest"
+MARKER = "ppma_complete.json"
+UNIVERSAL = "universal"
+_TAG = re.compile(r"^step_(\d+)$")
+# Test hook: `STEP` or `STEP:RANK` makes that rank (every rank without `:RANK`) SIGKILL itself midway
+# through saving checkpoint STEP: after DeepSpeed wrote its files, before the checkpoint is complete.
+FAULT_KILL_IN_SAVE = "PPMA_FAULT_KILL_IN_SAVE"
+
+
+def _fault_requested(step: int, rank: int) -> bool:
+    spec = os.environ.get(FAULT_KILL_IN_SAVE, "")
+    want_step, _, want_rank = spec.partition(":")
+    return want_step == str(step) and want_rank in ("", str(rank))
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A complete checkpoint on disk."""
+
+    path: Path  # the tag directory
+    step: int
+    world_size: int
+    zero_stage: int
+
+    @property
+    def tag(self) -> str:
+        return self.path.name
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def rank_file(self, rank: int) -> Path:
+        return self.path / f"rank_{rank:05d}.pt"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_checkpoint(tag_dir: Path) -> Checkpoint | None:
+    """The checkpoint in `tag_dir` if its marker says it is complete, else None."""
+    marker = tag_dir / MARKER
+    if not marker.is_file():
+        return None
+    meta = json.loads(marker.read_text())
+    return Checkpoint(path=tag_dir, step=int(meta["step"]), world_size=int(meta["world_size"]),
+                      zero_stage=int(meta["zero_stage"]))
+
+
+def tag_dirs(root: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every `step_N` directory under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _TAG.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(root: Path) -> Checkpoint | None:
+    """What `latest` names, or the newest complete checkpoint when `latest` is missing or stale."""
+    pointer = root / LATEST
+    if pointer.is_file():
+        ckpt = read_checkpoint(root / pointer.read_text().strip())
+        if ckpt is not None:
+            return ckpt
+    complete = [c for _, p in reversed(tag_dirs(root)) if (c := read_checkpoint(p)) is not None]
+    return complete[0] if complete else None
+
+
+def find_resume_checkpoint(resume: str, run_dir: Path) -> Checkpoint | None:
+    """Resolve `--resume`: 'auto' (this run's latest, if any), 'off', or a run / checkpoints / tag path."""
+    if resume in ("off", "none", "no", "false"):
+        return None
+    if resume == "auto":
+        return latest_checkpoint(run_dir / "checkpoints")
+    path = Path(resume).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"--resume {resume}: no such file or directory")
+    for candidate in (path, path / "checkpoints"):
+        ckpt = read_checkpoint(candidate) or latest_checkpoint(candidate)
+        if ckpt is not None:
+            return ckpt
+    raise FileNotFoundError(f"--resume {resume}: found no complete checkpoint there (expected a run "
+                            f"directory, its checkpoints/ folder, or a step_N folder holding {MARKER})")
+
+
+def capture_rng() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class CheckpointManager:
+    """Saves, rotates and finds checkpoints of one run. Every rank calls `save` and `load`."""
+
+    def __init__(self, root: Path, dist: DistInfo, keep_last: int) -> None:
+        if keep_last < 1:
+            raise ValueError(f"train.keep_last must be >= 1 (checkpoints to keep), got {keep_last}")
+        self.root = Path(root)
+        self.dist = dist
+        self.keep_last = keep_last
+
+    def save(self, engine, step: int, rank_state: dict[str, Any], meta: dict[str, Any]) -> Checkpoint:
+        """Write checkpoint `step` on every rank; mark it complete and move `latest` once all are done."""
+        from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                                    UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+        tag_dir = self.root / tag_for(step)
+        if self.dist.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if tag_dir.exists():  # left by a save that died; a complete checkpoint is never re-saved
+                shutil.rmtree(tag_dir)
+        barrier()
+        client_state = {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE},
+                        "ppma_step": step}
+        engine.save_checkpoint(str(self.root), tag=tag_dir.name, client_state=client_state, save_latest=False)
+        torch.save(rank_state, tag_dir / f"rank_{self.dist.rank:05d}.pt")
+        if _fault_requested(step, self.dist.rank):
+            os.kill(os.getpid(), signal.SIGKILL)
+        barrier()
+        ckpt = Checkpoint(path=tag_dir, step=step, world_size=self.dist.world_size,
+                          zero_stage=int(engine.zero_optimization_stage()))
+        if self.dist.is_main:
+            marker = {"step": step, "world_size": ckpt.world_size, "zero_stage": ckpt.zero_stage,
+                      "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
+            _write_atomic(tag_dir / MARKER, json.dumps(marker, indent=1))
+            _write_atomic(self.root / LATEST, tag_dir.name)
+            self.rotate()
+        barrier()
+        return ckpt
+
+    def rotate(self) -> list[Path]:
+        """Delete all but the newest `keep_last` complete checkpoints, and unfinished ones older than those."""
+        latest = latest_checkpoint(self.root)
+        keep_from = None
+        complete = [(s, p) for s, p in tag_dirs(self.root) if (p / MARKER).is_file()]
+        if len(complete) >= self.keep_last:
+            keep_from = complete[-self.keep_last][0]
+        removed = []
+        for step, path in tag_dirs(self.root):
+            if latest is not None and path == latest.path:
+                continue
+            if keep_from is not None and step < keep_from:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        return removed
+
+    def prepare_load(self, ckpt: Checkpoint) -> tuple[Path, str, bool]:
+        """(load_dir, tag, load_universal) for DeepSpeed; converts to a universal checkpoint when the
+        world size changed and the optimizer state is partitioned per rank."""
+        partitioned = any(ckpt.path.glob("*zero_pp_rank_*_optim_states.pt"))
+        if ckpt.world_size == self.dist.world_size or not partitioned:
+            return ckpt.root, ckpt.tag, False
+        target = ckpt.path / UNIVERSAL
+        if self.dist.is_main and not (target / MARKER).is_file():
+            error = convert_to_universal(ckpt.path, target)
+        else:
+            error = None
+        error = broadcast_object(error)
+        if error:
+            raise RuntimeError(error)
+        return ckpt.path, UNIVERSAL, True
+
+    def load_rank_states(self, ckpt: Checkpoint) -> list[dict[str, Any]]:
+        """[this rank's saved state] when the world size matches; every saved rank's state otherwise."""
+        ranks = [self.dist.rank] if ckpt.world_size == self.dist.world_size else range(ckpt.world_size)
+        states = []
+        for rank in ranks:
+            path = ckpt.rank_file(rank)
+            if not path.is_file():
+                raise FileNotFoundError(f"{ckpt.path} is marked complete but lacks {path.name}")
+            states.append(torch.load(path, map_location="cpu", weights_only=False))
+        return states
+
+
+def convert_to_universal(tag_dir: Path, target: Path) -> str | None:
+    """Run DeepSpeed's ds_to_universal on `tag_dir` into `target` (atomically); an error text or None."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(target, ignore_errors=True)
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
+           "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        return (f"converting {tag_dir} to a universal checkpoint (to resume on a different number of "
+                f"ranks) failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    (tmp / MARKER).write_text(json.dumps({"source": str(tag_dir)}))
+    os.replace(tmp, target)
+    return None

@@ -1,0 +1,112 @@
+"""Process-group set-up that works the same under `deepspeed`, `torchrun`, `srun` and plain `python`.
+
+Launchers announce a rank differently: `deepspeed` and `torchrun` export RANK / WORLD_SIZE /
+LOCAL_RANK / MASTER_ADDR / MASTER_PORT; `srun` (one task per GPU) exports SLURM_PROCID /
+SLURM_NTASKS / SLURM_LOCALID; a plain `python launch/pretrain.py` exports nothing and is a world of
+one. We normalise all three to the env:// variables, then start torch.distributed ourselves (NCCL on
+GPUs, gloo on CPUs) so DeepSpeed finds an initialised group and does no discovery of its own.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def resolve_launch_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The env:// variables this process should use, derived from whichever launcher started it."""
+    env = dict(os.environ if env is None else env)
+    if "RANK" not in env and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        env["RANK"] = env["SLURM_PROCID"]
+        env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+        if "MASTER_ADDR" not in env:
+            raise ValueError("running under srun without MASTER_ADDR: export MASTER_ADDR (the first node "
+                             "of the allocation) and MASTER_PORT in the sbatch script, see launch/slurm/")
+    if "RANK" not in env:
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(_free_port()))
+    env.setdefault("LOCAL_RANK", "0")
+    env.setdefault("MASTER_PORT", "29500")
+    if "WORLD_SIZE" not in env or "MASTER_ADDR" not in env:
+        raise ValueError("RANK is set but WORLD_SIZE or MASTER_ADDR is not: start the job with deepspeed, "
+                         "torchrun or srun, or unset RANK to run as a single process")
+    return env
+
+
+def init_distributed(timeout_s: int = 1800) -> DistInfo:
+    """Join (or create) the process group and pick this rank's device. Idempotent."""
+    env = resolve_launch_env()
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ[key] = env[key]
+    rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        device, backend = torch.device("cuda", local), "nccl"
+        torch.cuda.set_device(device)
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=device, backend=backend)
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_max(value: float, device: torch.device) -> float:
+    """The largest `value` over all ranks (one scalar collective)."""
+    tensor = torch.tensor([float(value)], device=device, dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sums over all ranks of a short list of numbers (one collective)."""
+    tensor = torch.tensor(values, device=device, dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s Python object on every rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,163 @@
+"""What a run reports: per-window throughput accounting, and rank 0's console / JSONL / TensorBoard output.
+
+`metrics.jsonl` holds one record per logged step (step, epoch, loss, lr, grad_norm, clips_per_s,
+tflops_per_gpu, mfu, data_wait, peak_mem_gb, skipped_samples, ...); `events.jsonl` holds what is not
+a step's numbers (start, resume, skipped non-finite steps, checkpoints, stop). Both are appended to
+and flushed per line so a killed run keeps everything it logged.
+"""
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+METRICS_FILE = "metrics.jsonl"
+EVENTS_FILE = "events.jsonl"
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory of this process: allocated GPU memory on CUDA, resident host memory on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+class ThroughputWindow:
+    """Clips, optimizer steps, wall time and data-wait time since the last log line."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.started = time.perf_counter()
+        self.clips = 0
+        self.steps = 0
+        self.data_wait = 0.0
+
+    def add_data_wait(self, seconds: float) -> None:
+        self.data_wait += seconds
+
+    def add_step(self, clips: int) -> None:
+        self.clips += clips
+        self.steps += 1
+
+    def summary(self, world_size: int, flops_per_clip: float | None, peak_tflops: float | None) -> dict[str, float]:
+        """Rates over the window; clips are this rank's, so the run's rate is world_size times that."""
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        out = {"clips_per_s": self.clips * world_size / elapsed, "step_time_s": elapsed / max(self.steps, 1),
+               "data_wait": self.data_wait / elapsed}
+        if flops_per_clip:
+            tflops = flops_per_clip * self.clips / elapsed / 1e12
+            out["tflops_per_gpu"] = tflops
+            if peak_tflops:
+                out["mfu"] = tflops / peak_tflops
+        return out
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def format_record(record: dict[str, Any], total_steps: int, eta_s: float | None) -> str:
+    """One console line for a metrics record."""
+    parts = [f"step {record['step']}/{total_steps}", f"ep {record.get('epoch', 0):.2f}",
+             "loss -" if record["loss"] is None else f"loss {record['loss']:.4f}", f"lr {record['lr']:.2e}"]
+    if record.get("grad_norm") is not None:
+        parts.append(f"gnorm {record['grad_norm']:.3f}")
+    parts.append(f"| {record['clips_per_s']:.1f} clips/s")
+    if "tflops_per_gpu" in record:
+        parts.append(f"{record['tflops_per_gpu']:.3g} TFLOP/s/gpu")
+    if "mfu" in record:
+        parts.append(f"MFU {100 * record['mfu']:.1f}%")
+    parts.append(f"data {100 * record['data_wait']:.0f}%")
+    parts.append(f"mem {record['peak_mem_gb']:.1f}G")
+    if record.get("skipped_samples"):
+        parts.append(f"skipped {record['skipped_samples']}")
+    if eta_s is not None:
+        parts.append(f"| eta {_format_duration(eta_s)}")
+    return " ".join(parts)
+
+
+class MetricsLogger:
+    """Writes metrics and events on rank 0; a no-op elsewhere."""
+
+    def __init__(self, run_dir: Path, is_main: bool, total_steps: int, tensorboard: bool = False) -> None:
+        self.is_main = is_main
+        self.total_steps = total_steps
+        self.run_dir = Path(run_dir)
+        self._writer = None
+        self._bar = None  # a progress bar on rank 0 when the console is a terminal
+        self._started = time.perf_counter()
+        self._first_step: int | None = None
+        if is_main and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ValueError("train.tensorboard=true needs the tensorboard package "
+                                 "(pip install tensorboard, or the [tensorboard] extra)") from exc
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def keep_until(self, step: int) -> None:
+        """On resume: drop records logged after `step` by the run that was interrupted."""
+        path = self.run_dir / METRICS_FILE
+        if not (self.is_main and path.is_file()):
+            return
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def progress(self, step: int) -> None:
+        """Advance the progress bar (rank 0, interactive consoles only) to `step`."""
+        if not (self.is_main and sys.stdout.isatty()):
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+            self._bar = tqdm(total=self.total_steps, initial=step - 1, unit="step", dynamic_ncols=True, leave=False)
+        self._bar.update(step - self._bar.n)
+
+    def _print(self, text: str, stream=None) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=stream or sys.stdout)
+        else:
+            print(text, file=stream or sys.stdout, flush=True)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        step = record["step"]
+        if self._first_step is None:
+            self._first_step, self._started = step - 1, time.perf_counter()
+        done = step - self._first_step
+        eta = (time.perf_counter() - self._started) / done * (self.total_steps - step) if done > 0 else None
+        self._append(METRICS_FILE, record)
+        self._print(format_record(record, self.total_steps, eta))
+        if self._writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._writer.add_scalar(f"train/{key}", value, step)
+
+    def event(self, name: str, message: str | None = None, **fields: Any) -> None:
+        if not self.is_main:
+            return
+        self._append(EVENTS_FILE, {"event": name, "time": time.time(), **fields})
+        if message:
+            self._print(message, sys.stderr if name in ("nonfinite", "error") else sys.stdout)
+
+    def _append(self, name: str, record: dict[str, Any]) -> None:
+        with open(self.run_dir / name, "a") as handle:
+            handle.write(json.dumps(record, allow_nan=True) + "\n")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

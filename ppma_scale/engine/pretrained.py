@@ -1,0 +1,92 @@
+"""Trunk weights from wherever a user keeps them: a run directory, a checkpoint, or a weights file.
+
+Stage 2 starts from stage 1, downstream runs from stage 2, averaging blends several of them: each
+names its source the same way (`model.init`, `model.average`, the average CLI). A run directory
+(or its checkpoints/ or one step_N folder) is read through DeepSpeed's consolidation (any ZeRO
+stage); a file or Hugging Face folder through `models.convert`. The result is always a trunk state
+dict in our key names — decoder, mask token and heads are dropped, and what was dropped is reported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class TrunkSource:
+    """A trunk read from `path`: weights in our key names plus what the reading did."""
+
+    path: str
+    state: StateDict
+    layout: str
+    dropped: list[str] = field(default_factory=list)  # keys of the file that are not trunk weights
+
+    def describe(self) -> str:
+        parts = [f"{self.path} ({self.layout} layout, {len(self.state)} trunk tensors)"]
+        if self.dropped:
+            groups = sorted({key.split(".")[0] for key in self.dropped})
+            parts.append(f"dropped {len(self.dropped)} non-trunk tensors ({', '.join(groups)})")
+        return "; ".join(parts)
+
+
+def _is_run_or_checkpoint(path: Path) -> bool:
+    return path.is_dir() and any((path / name).exists() for name in ("checkpoints", "latest", "ppma_complete.json"))
+
+
+def read_state_dict(path: str | Path) -> StateDict:
+    """All tensors stored at `path` (run dir / checkpoints dir / step_N dir / weights file / HF folder)."""
+    from ..models.convert import load_weights_file
+    location = Path(path).expanduser()
+    if not location.exists():
+        raise FileNotFoundError(f"pretrained weights {path} do not exist (expected a run directory, a "
+                                "checkpoint folder, a .safetensors/.pt file or a Hugging Face model folder)")
+    if _is_run_or_checkpoint(location):
+        from ..export import consolidated_state_dict
+        from .checkpoint import find_resume_checkpoint
+        ckpt = find_resume_checkpoint(str(location), location)
+        if ckpt is None:
+            raise FileNotFoundError(f"{path}: no complete checkpoint found")
+        return consolidated_state_dict(ckpt)
+    return load_weights_file(location)
+
+
+def read_trunk(path: str | Path) -> TrunkSource:
+    """The trunk weights at `path` in our key names (layout detected from the keys)."""
+    from ..models.convert import to_trunk_state_dict
+    full = read_state_dict(path)
+    try:
+        trunk, layout = to_trunk_state_dict(full)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    kept = {f"encoder.{k}" for k in trunk} | set(trunk) | {f"trunk.{k}" for k in trunk}
+    dropped = sorted(k for k in full if k not in kept)
+    return TrunkSource(path=str(path), state=trunk, layout=layout, dropped=dropped)
+
+
+def init_trunk(encoder: nn.Module, path: str | Path) -> tuple[TrunkSource, dict]:
+    """Load the trunk at `path` into `encoder` (position tables adapted, a final norm dropped).
+
+    Returns the source and `models.convert.load_trunk_weights`'s report.
+    """
+    from ..models.convert import load_trunk_weights
+    source = read_trunk(path)
+    try:
+        report = load_trunk_weights(encoder, source.state, source.layout)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return source, report
+
+
+def adapted_trunk_state(template_factory, path: str | Path) -> tuple[StateDict, TrunkSource]:
+    """The trunk at `path` loaded into a fresh encoder from `template_factory()`, as that encoder's
+    state dict — so averaged sources agree with the model in shapes, position tables and norms."""
+    encoder = template_factory()
+    source, _ = init_trunk(encoder, path)
+    state = {name: tensor.detach().clone() for name, tensor in encoder.state_dict().items()}
+    del encoder
+    return state, source

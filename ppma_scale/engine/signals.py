@@ -1,0 +1,41 @@
+"""Graceful stop on SIGTERM / SIGUSR1 (SLURM preemption, time limits): finish the step, save, exit 0.
+
+A handler only raises a flag; the loop polls it once per optimizer step through a max-all-reduce so
+that every rank stops after the same step even when only some ranks got the signal.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopRequest:
+    """Remembers the first stop signal received; restores the previous handlers on `close()`."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> None:
+        self.signum = 0  # 0 until a stop signal arrives
+        self._previous: dict[int, object] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # handlers can only be installed from the main thread (e.g. not inside a notebook worker)
+        for sig in signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self.signum:
+            self.signum = int(signum)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum != 0
+
+    @property
+    def signal_name(self) -> str | None:
+        return signal.Signals(self.signum).name if self.signum else None
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()

@@ -1,0 +1,202 @@
+"""Tasks: what a stage trains. The trainer runs the loop; a task supplies model, data, loss and metrics.
+
+A task is constructed from the resolved `Config` and is the one place that maps config sections to
+the plain arguments of the model and data builders. The trainer calls, in this order:
+
+    task.validate()                                  before anything is written (inputs exist, ...)
+    model = task.build_model(dist)                   a torch module on the CPU
+    groups = task.param_groups(model)                AdamW groups (weight decay / layer decay)
+    ... DeepSpeed wraps the model into `engine` ...
+    stream = task.build_train_stream(dist, engine)   infinite iterator of batches (see TrainStream)
+    per optimizer step, per micro-batch:
+        task.train_mode(engine); loss, extras = task.loss(engine, batch, ctx)
+    task.evaluate(engine, ctx)                       every train.eval_every epochs and at the end
+    task.state_dict() / load_state_dict(...)         extra per-rank state kept in checkpoints
+
+Register a new task with `@register_task("name")`; `run.task` picks it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import Config
+from .dist import DistInfo
+from .param_groups import build_param_groups, no_weight_decay_names
+
+
+class TrainStream(Protocol):
+    """What the trainer needs from a training data stream (ppma_scale.data's TrainStream is one)."""
+
+    steps_per_epoch: int  # batches per rank per epoch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where the loop is when it asks a task for a loss (or an evaluation)."""
+
+    step: int  # optimizer step being taken, from 0
+    micro_step: int  # index of the micro-batch within gradient accumulation
+    epoch: float  # optimizer steps done / optimizer steps per epoch
+    dist: DistInfo
+    dtype: torch.dtype  # the engine's compute dtype: inputs must be cast to it
+    seed: int
+    run_dir: Path
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    def generator(self, *salt: int) -> torch.Generator:
+        """A CPU generator seeded by (seed, rank, step, micro_step, *salt): the same on a resumed run."""
+        words = [self.seed, self.dist.rank, self.step, self.micro_step, *salt]
+        state = np.random.SeedSequence([int(w) & 0xFFFFFFFF for w in words]).generate_state(2, np.uint32)
+        return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class Task:
+    """Base task: defaults that suit most stages. Subclasses set `name` and implement the abstract parts."""
+
+    name = "task"
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check user inputs that the config schema cannot (files exist, sizes fit); raise early."""
+        for index, spec in enumerate(self.cfg.data.train):
+            path = Path(spec.manifest).expanduser()
+            if "://" not in spec.manifest and not path.exists():
+                raise FileNotFoundError(f"data.train[{index}].manifest: {spec.manifest} does not exist")
+        if not self.cfg.data.train:
+            raise ValueError("data.train is empty: give at least one shard manifest")
+
+    def build_model(self, dist: DistInfo) -> nn.Module:
+        raise NotImplementedError
+
+    def trunk_depth(self, model: nn.Module) -> int | None:
+        """Number of transformer blocks, for layer-wise lr decay (None: no layer decay possible)."""
+        blocks = [m for name, m in model.named_modules() if name.endswith("blocks") and isinstance(m, nn.ModuleList)]
+        return len(blocks[0]) if blocks else None
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """AdamW groups: no decay on biases / norms / position embeddings; optim.layer_decay if set."""
+        optim = self.cfg.optim
+        depth = self.trunk_depth(model) if optim.layer_decay is not None else None
+        return build_param_groups(model.named_parameters(), optim.weight_decay, no_weight_decay_names(model),
+                                  layer_decay=optim.layer_decay, depth=depth)
+
+    def build_train_stream(self, dist: DistInfo, engine: nn.Module) -> TrainStream:
+        raise NotImplementedError
+
+    def flops_per_clip(self, model: nn.Module) -> float | None:
+        """Forward + backward FLOPs per clip, for TFLOP/s and MFU (None: not reported)."""
+        return None
+
+    # ---- per step -----------------------------------------------------------------------------
+    def clips_in(self, batch: dict[str, Any]) -> int:
+        return int(batch["video"].shape[0])
+
+    def train_mode(self, engine: nn.Module) -> None:
+        """Put the model in training mode (a linear probe keeps its frozen trunk in eval mode)."""
+        engine.train()
+
+    def loss(self, engine: nn.Module, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        """The scalar loss of one micro-batch (to backpropagate) and extra numbers to log."""
+        raise NotImplementedError
+
+    # ---- optional hooks -----------------------------------------------------------------------
+    def evaluate(self, engine: nn.Module, ctx: StepContext) -> dict[str, float] | None:
+        """Evaluate on every rank (collectives allowed); rank 0's returned numbers are logged."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ---- helpers for subclasses ---------------------------------------------------------------
+    def normalized_video(self, batch: dict[str, Any], ctx: StepContext) -> torch.Tensor:
+        """The batch's uint8 video on the device, normalised with augment.mean/std, in the compute dtype."""
+        from ..data.transforms import normalize_video
+        video = batch["video"].to(ctx.device, non_blocking=True)
+        return normalize_video(video, self.cfg.augment.mean, self.cfg.augment.std).to(ctx.dtype)
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    def add(cls: type[Task]) -> type[Task]:
+        cls.name = name
+        TASKS[name] = cls
+        return cls
+    return add
+
+
+def build_task(cfg: Config) -> Task:
+    """The task `run.task` names."""
+    _import_known_tasks()
+    if cfg.run.task not in TASKS:
+        raise ValueError(f"run.task {cfg.run.task!r} has no task implementation; known: {sorted(TASKS)}")
+    return TASKS[cfg.run.task](cfg)
+
+
+# Modules whose import registers more tasks (e.g. the classification stages); a missing one is skipped.
+TASK_MODULES: tuple[str, ...] = ()
+
+
+def _import_known_tasks() -> None:
+    """Tasks living in other modules register themselves on import."""
+    import importlib
+    for module in TASK_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+@register_task("mae")
+class MAETask(Task):
+    """Stage 1: masked autoencoding of video clips (MSE on masked, per-patch normalised patches)."""
+
+    def build_model(self, dist: DistInfo) -> nn.Module:
+        from ..models import build_mae
+        cfg = self.cfg
+        model = build_mae(cfg.model, cfg.mae, cfg.data.num_frames, cfg.data.img_size)
+        self.grid = tuple(model.encoder.grid)
+        return model
+
+    def build_train_stream(self, dist: DistInfo, engine: nn.Module) -> TrainStream:
+        from .data_args import build_stream_from_config
+        return build_stream_from_config(self.cfg, dist, require_labels=False)
+
+    def flops_per_clip(self, model: nn.Module) -> float | None:
+        from ..models.flops import flops_per_clip
+        return flops_per_clip(model, mask_ratio=self.cfg.mae.mask_ratio,
+                              decoder_mask_ratio=self.cfg.mae.decoder_mask_ratio)
+
+    def loss(self, engine: nn.Module, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        from ..data.masking import make_masks
+        video = self.normalized_video(batch, ctx)
+        mae = self.cfg.mae
+        mask, decoder_mask = make_masks(mae.mask_type, video.shape[0], self.grid, mae.mask_ratio,
+                                        decoder_ratio=mae.decoder_mask_ratio, generator=ctx.generator())
+        mask = mask.to(ctx.device, non_blocking=True)
+        if decoder_mask is not None:
+            decoder_mask = decoder_mask.to(ctx.device, non_blocking=True)
+        loss, _ = engine(video, mask, decoder_mask)
+        return loss, {}

@@ -1,0 +1,314 @@
+"""The one training loop for every stage: DeepSpeed engine, lr schedule, checkpoints, metrics, signals.
+
+What is trained comes from the task (`tasks.py`); this module only knows how to step an engine for
+a fixed number of optimizer steps, survive interruptions and report. Order of work in `run`:
+validate everything (nothing written yet) -> process group -> model -> resume point -> DeepSpeed ->
+data stream -> restore state -> loop -> final checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import Config, save_config
+from . import dist as distmod
+from .data_args import skipped_samples
+from .checkpoint import Checkpoint, CheckpointManager, capture_rng, find_resume_checkpoint, restore_rng
+from .ds_config import build_ds_config
+from .lr_schedule import WarmupCosine, apply_lr, peak_lr
+from .metrics import MetricsLogger, ThroughputWindow, peak_memory_gb
+from .optimizer import build_optimizer, deepspeed_skips_nonfinite, optimizer_step_suppressed, plain_gradients_finite
+from .signals import StopRequest
+from .tasks import StepContext, Task, build_task
+
+
+class NonFiniteError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int  # optimizer steps done
+    total_steps: int
+    stopped_by: str | None  # the signal that stopped the run early, or None
+    checkpoint: Path | None  # the last complete checkpoint
+
+
+def ds_config_for(cfg: Config, world_size: int, load_universal: bool = False) -> dict:
+    """The DeepSpeed config of this run (also used to validate before any work)."""
+    train = cfg.train
+    return build_ds_config(micro_batch=train.micro_batch * cfg.data.repeat_aug, grad_accum=train.grad_accum,
+                           world_size=world_size, zero_stage=train.zero_stage, precision=train.precision,
+                           offload=train.offload, offload_params=train.offload_params,
+                           clip_grad=cfg.optim.clip_grad, load_universal=load_universal)
+
+
+def validate(cfg: Config, task: Task) -> None:
+    """Everything that can be checked before a process group or a file exists."""
+    task.validate()
+    ds_config_for(cfg, world_size=1)
+    train = cfg.train
+    if train.keep_last < 1:
+        raise ValueError(f"train.keep_last must be >= 1, got {train.keep_last}")
+    for key in ("log_every", "max_nonfinite"):
+        if getattr(train, key) < 1:
+            raise ValueError(f"train.{key} must be >= 1, got {getattr(train, key)}")
+    if train.ckpt_every < 0 or train.eval_every < 0:
+        raise ValueError("train.ckpt_every and train.eval_every must be >= 0 (0 = only at the end)")
+    if train.max_steps is None and train.epochs <= 0:
+        raise ValueError(f"train.epochs must be positive (or set train.max_steps), got {train.epochs}")
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _compute_dtype(engine) -> torch.dtype:
+    if engine.bfloat16_enabled():
+        return torch.bfloat16
+    return torch.float16 if engine.fp16_enabled() else torch.float32
+
+
+class _Schedule:
+    """Run length in optimizer steps and the lr for each step, from the stream's epoch length."""
+
+    def __init__(self, cfg: Config, batches_per_epoch: int, world_size: int) -> None:
+        train, optim = cfg.train, cfg.optim
+        self.steps_per_epoch = batches_per_epoch // train.grad_accum
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"an epoch has {batches_per_epoch} batches per rank, fewer than train.grad_accum="
+                             f"{train.grad_accum}: use more data, a smaller micro_batch or less accumulation")
+        self.total = train.max_steps if train.max_steps is not None else math.ceil(train.epochs * self.steps_per_epoch)
+        warmup = optim.warmup_steps if optim.warmup_steps is not None else round(optim.warmup_epochs * self.steps_per_epoch)
+        self.global_batch = train.micro_batch * cfg.data.repeat_aug * train.grad_accum * world_size
+        self.lr = WarmupCosine(peak=peak_lr(optim.lr, optim.base_lr, optim.lr_ref_batch, self.global_batch),
+                               total_steps=self.total, warmup_steps=min(warmup, self.total), min_lr=optim.min_lr)
+
+    def epoch(self, step: int) -> float:
+        return step / self.steps_per_epoch
+
+    def eval_due(self, step: int, every_epochs: int) -> bool:
+        if step == self.total:
+            return True
+        return every_epochs > 0 and step % (every_epochs * self.steps_per_epoch) == 0
+
+
+def run(cfg: Config, run_dir: str | Path | None = None, resume: str = "auto", task: Task | None = None) -> TrainResult:
+    """Train `cfg` into `run_dir` (default run.output); `resume` is 'auto', 'off' or a checkpoint path."""
+    run_dir = Path(run_dir or cfg.run.output)
+    cfg.run.output = str(run_dir)
+    task = task or build_task(cfg)
+    validate(cfg, task)
+    stop = StopRequest()
+    try:
+        return _Trainer(cfg, run_dir, task, stop).train(resume)
+    finally:
+        stop.close()
+
+
+class _Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, task: Task, stop: StopRequest) -> None:
+        self.cfg, self.run_dir, self.task, self.stop = cfg, run_dir, task, stop
+        self.dist = distmod.init_distributed(cfg.train.dist_timeout_s)
+        self.ckpts = CheckpointManager(run_dir / "checkpoints", self.dist, cfg.train.keep_last)
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def _build_engine(self, ckpt: Checkpoint | None):
+        import deepspeed
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        cfg, dist = self.cfg, self.dist
+        _seed_all(cfg.run.seed)  # identical initial weights on every rank
+        model = self.task.build_model(dist)
+        self.flops_per_clip = self.task.flops_per_clip(model)
+        groups = self.task.param_groups(model)
+        load = self.ckpts.prepare_load(ckpt) if ckpt is not None else None
+        self.ds_config = ds_config_for(cfg, dist.world_size, load_universal=bool(load and load[2]))
+        optimizer = build_optimizer(groups, betas=cfg.optim.betas, eps=cfg.optim.eps, offload=cfg.train.offload,
+                                    device=dist.device)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config,
+                                               dist_init_required=False)
+        _seed_all(cfg.run.seed * 1000 + dist.rank + 1)  # per-rank randomness (drop path, ...)
+        return engine, load
+
+    def _restore(self, engine, ckpt: Checkpoint, load, stream) -> None:
+        load_dir, tag, _ = load
+        path, _ = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
+                                         load_lr_scheduler_states=False)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint {ckpt.path}")
+        states = self.ckpts.load_rank_states(ckpt)
+        if ckpt.world_size == self.dist.world_size:
+            mine = states[0]
+            stream.load_state_dict(mine["stream"])
+            restore_rng(mine["rng"])
+        else:  # the stream continues the epoch over what no saved rank had consumed; fresh RNG streams
+            stream.load_state_dict([s["stream"] for s in states])
+            mine = states[0]
+        self.task.load_state_dict(mine.get("task", {}))
+
+    def _peak_tflops(self) -> float | None:
+        if self.cfg.train.peak_tflops is not None:
+            return self.cfg.train.peak_tflops
+        if self.dist.device.type != "cuda":
+            return None
+        from ..models.flops import peak_tflops
+        return peak_tflops(torch.cuda.get_device_name(self.dist.device))
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def train(self, resume: str) -> TrainResult:
+        cfg, dist, task = self.cfg, self.dist, self.task
+        ckpt = distmod.broadcast_object(find_resume_checkpoint(resume, self.run_dir) if dist.is_main else None)
+        engine, load = self._build_engine(ckpt)
+        stream = task.build_train_stream(dist, engine)
+        schedule = _Schedule(cfg, stream.steps_per_epoch, dist.world_size)
+        start = 0
+        if ckpt is not None:
+            self._restore(engine, ckpt, load, stream)
+            start = ckpt.step
+        if dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        distmod.barrier()
+        log = MetricsLogger(self.run_dir, dist.is_main, schedule.total, cfg.train.tensorboard)
+        log.keep_until(start)
+        if ckpt is not None:
+            log.event("resume", f"resuming from {ckpt.path} at step {start} (saved on {ckpt.world_size} ranks, "
+                      f"now {dist.world_size})", step=start, checkpoint=str(ckpt.path))
+        log.event("start", f"training {schedule.total} optimizer steps ({schedule.steps_per_epoch}/epoch, global "
+                  f"batch {schedule.global_batch}, peak lr {schedule.lr.peak:.3g}) on {dist.world_size} rank(s)",
+                  step=start, total_steps=schedule.total, world_size=dist.world_size)
+        try:
+            return self._loop(engine, stream, schedule, log, start)
+        finally:
+            log.close()
+            close = getattr(stream, "close", None)
+            if callable(close):
+                close()
+
+    def _loop(self, engine, stream, schedule: _Schedule, log: MetricsLogger, start: int) -> TrainResult:
+        cfg, dist, task = self.cfg, self.dist, self.task
+        train = cfg.train
+        dtype = _compute_dtype(engine)
+        ds_guard = deepspeed_skips_nonfinite(engine)
+        peak = self._peak_tflops()
+        batches = iter(stream)
+        window = ThroughputWindow()
+        window_loss = torch.zeros((), device=dist.device)  # summed on the device: no sync per step
+        window_steps, nonfinite_run, skipped_total = 0, 0, 0
+        last_ckpt: Checkpoint | None = None
+        step, stopped_by = start, None
+        while step < schedule.total:
+            lr = schedule.lr(step)
+            apply_lr(engine.optimizer.param_groups, lr)
+            task.train_mode(engine)
+            step_loss = torch.zeros((), device=dist.device)
+            clips, grad_norm, finite = 0, None, True
+            for micro in range(train.grad_accum):
+                waited = time.perf_counter()
+                batch = next(batches)
+                window.add_data_wait(time.perf_counter() - waited)
+                ctx = StepContext(step=step, micro_step=micro, epoch=schedule.epoch(step), dist=dist, dtype=dtype,
+                                  seed=cfg.run.seed, run_dir=self.run_dir)
+                loss, _ = task.loss(engine, batch, ctx)
+                engine.backward(loss)
+                if micro == train.grad_accum - 1 and not ds_guard:
+                    grad_norm, finite = plain_gradients_finite(engine)
+                with optimizer_step_suppressed(engine.optimizer, active=not finite):
+                    engine.step()
+                step_loss += loss.detach().float() / train.grad_accum
+                clips += task.clips_in(batch)
+            applied = finite and engine.was_step_applied()
+            step += 1
+            window.add_step(clips)
+            log.progress(step)
+            if not applied:
+                nonfinite_run += 1
+                skipped_total += 1
+                self._report_skip(step, step_loss, nonfinite_run, log, engine)
+            else:
+                nonfinite_run = 0
+                window_loss += step_loss
+                window_steps += 1
+            if step % train.log_every == 0 or step == schedule.total:
+                if ds_guard:  # read only when logged: it syncs with the device
+                    norm = engine.get_global_grad_norm()
+                    grad_norm = float(norm) if norm is not None and applied else None
+                self._log(step, lr, grad_norm, float(window_loss), window_steps, skipped_total, window, schedule,
+                          stream, log, peak)
+                window_loss.zero_()
+                window_steps = 0
+            stop_signal = int(distmod.all_reduce_max(self.stop.signum, dist.device))  # any rank's signal stops all
+            stop_now = stop_signal > 0
+            due = (train.ckpt_every and step % train.ckpt_every == 0) or step == schedule.total or stop_now
+            if due:
+                last_ckpt = self._save(engine, stream, step, schedule, log)
+            if task_has_eval(task) and schedule.eval_due(step, train.eval_every) and not stop_now:
+                self._evaluate(engine, step, schedule, dtype, log)
+            if stop_now:
+                stopped_by = signal.Signals(stop_signal).name
+                log.event("stop", f"stopping after step {step} on {stopped_by}; checkpoint saved", step=step,
+                          signal=stopped_by)
+                break
+        if not stopped_by:
+            log.event("end", f"finished {step} steps", step=step)
+        return TrainResult(self.run_dir, step, schedule.total, stopped_by, last_ckpt.path if last_ckpt else None)
+
+    def _report_skip(self, step: int, step_loss: torch.Tensor, run_length: int, log: MetricsLogger, engine) -> None:
+        local_bad = 0.0 if torch.isfinite(step_loss).item() else 1.0
+        loss_bad = distmod.all_reduce_max(local_bad, self.dist.device) > 0
+        if self.cfg.train.precision == "fp16" and not loss_bad:
+            log.event("loss_scale", f"step {step}: fp16 gradient overflow, step skipped, loss scale lowered",
+                      step=step, loss_scale=float(getattr(engine.optimizer, "cur_scale", 0.0) or 0.0))
+            return
+        what = "loss" if loss_bad else "gradient"
+        limit = self.cfg.train.max_nonfinite
+        log.event("nonfinite", f"step {step}: non-finite {what}; optimizer step skipped ({run_length} in a row, "
+                  f"stop at {limit})", step=step, what=what, in_a_row=run_length)
+        if run_length >= limit:
+            raise NonFiniteError(
+                f"stopping at step {step}: {run_length} optimizer steps in a row had a non-finite {what} "
+                f"(train.max_nonfinite={limit}). The skipped steps did not change the weights; the last "
+                f"checkpoint is in {self.ckpts.root}. Lower the lr (optim.lr / optim.base_lr), enable "
+                f"clipping (optim.clip_grad), use bf16 rather than fp16, or check the data.")
+
+    def _log(self, step, lr, grad_norm, loss_sum, loss_steps, skipped_total, window, schedule, stream, log, peak):
+        dist = self.dist
+        totals = distmod.all_reduce_sum([loss_sum, float(loss_steps)], dist.device)
+        stats = stream.stats() if hasattr(stream, "stats") else {}
+        record = {"step": step, "epoch": round(schedule.epoch(step), 4),
+                  "loss": totals[0] / totals[1] if totals[1] else None, "lr": lr, "grad_norm": grad_norm,
+                  **window.summary(dist.world_size, self.flops_per_clip, peak),
+                  "peak_mem_gb": peak_memory_gb(dist.device), "skipped_steps": skipped_total,
+                  "skipped_samples": skipped_samples(stats)}
+        log.log(record)
+        window.reset()
+
+    def _save(self, engine, stream, step: int, schedule: _Schedule, log: MetricsLogger) -> Checkpoint:
+        rank_state = {"stream": stream.state_dict(), "rng": capture_rng(), "task": self.task.state_dict()}
+        meta = {"epoch": schedule.epoch(step), "total_steps": schedule.total, "task": self.cfg.run.task}
+        ckpt = self.ckpts.save(engine, step, rank_state, meta)
+        log.event("checkpoint", None, step=step, path=str(ckpt.path))
+        return ckpt
+
+    def _evaluate(self, engine, step: int, schedule: _Schedule, dtype: torch.dtype, log: MetricsLogger) -> None:
+        ctx = StepContext(step=step, micro_step=0, epoch=schedule.epoch(step), dist=self.dist, dtype=dtype,
+                          seed=self.cfg.run.seed, run_dir=self.run_dir)
+        results = self.task.evaluate(engine, ctx)
+        if results:
+            shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items())
+            log.event("eval", f"eval at step {step}: {shown}", step=step, **results)
+
+
+def task_has_eval(task: Task) -> bool:
+    return type(task).evaluate is not Task.evaluate

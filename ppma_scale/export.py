@@ -1,0 +1,77 @@
+"""Consolidated weights from a run's checkpoint, as one safetensors file (no pickle, any ZeRO stage).
+
+    python -m ppma_scale.export RUN_DIR [--checkpoint PATH] [--dtype fp32|bf16] [--output FILE]
+
+ZeRO 1/2/3 checkpoints (and bf16 ones, whose fp32 master weights sit in per-rank optimizer files)
+are merged with DeepSpeed's `get_fp32_state_dict_from_zero_checkpoint`; a ZeRO-0 fp32 checkpoint
+already holds the whole module. Keys are the model's own (`encoder.*`, `decoder.*` for MAE), so
+`ppma_scale.models.convert` and `model.init` read the file directly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .engine.checkpoint import Checkpoint, find_resume_checkpoint
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def consolidated_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    """The full fp32 state dict of the model in `ckpt`, on the CPU."""
+    if any(ckpt.path.glob("*zero_pp_rank_*_optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.root), tag=ckpt.tag)
+    else:
+        model_file = ckpt.path / "mp_rank_00_model_states.pt"
+        if not model_file.is_file():
+            raise FileNotFoundError(f"{ckpt.path} holds neither ZeRO optimizer partitions nor {model_file.name}")
+        state = torch.load(model_file, map_location="cpu", weights_only=False)["module"]
+    return {name: tensor.detach().float().contiguous() for name, tensor in state.items()}
+
+
+def export_checkpoint(source: str | Path, output: str | Path | None = None, dtype: str = "fp32") -> Path:
+    """Write the weights of the checkpoint `source` names (run dir, checkpoints/ or step_N) to safetensors."""
+    from safetensors.torch import save_file
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    ckpt = find_resume_checkpoint(str(source), Path(source))
+    if ckpt is None:
+        raise FileNotFoundError(f"{source}: no complete checkpoint found")
+    state = {k: v.to(DTYPES[dtype]) for k, v in consolidated_state_dict(ckpt).items()}
+    marker = json.loads((ckpt.path / "ppma_complete.json").read_text())
+    if output is None:
+        run_dir = ckpt.root.parent
+        output = run_dir / "export" / f"{ckpt.tag}.safetensors"
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": "ppma_scale", "task": str(marker.get("task", "")), "step": str(ckpt.step),
+                "dtype": dtype, "source": str(ckpt.path)}
+    config_file = ckpt.root.parent / "config.yaml"
+    if config_file.is_file():
+        metadata["config"] = config_file.read_text()
+    save_file(state, str(output), metadata=metadata)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ppma_scale.export", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", help="a run directory, its checkpoints/ folder, or one step_N checkpoint")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    parser.add_argument("--output", default=None, help="file to write (default RUN_DIR/export/step_N.safetensors)")
+    args = parser.parse_args(argv)
+    try:
+        path = export_checkpoint(args.run_dir, args.output, args.dtype)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"export: error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

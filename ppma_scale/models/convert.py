@@ -1,0 +1,254 @@
+"""Weights that travel: read public checkpoint layouts into our trunk, and load them safely.
+
+Layouts recognised from the keys (after unwrapping `{"model": ...}`-style containers and a DDP
+`module.` prefix):
+- `ours`: our MAE / classifier (`encoder.*`) or a bare trunk (`blocks.*`, timm names);
+- `videomae`: MCG-NJU VideoMAE v1 and OpenGVLab VideoMAE V2, pretrain (`encoder.*`, `decoder.*`)
+  or fine-tune (`blocks.*`, `fc_norm`, `head`): `attn.q_bias`/`v_bias`, `gamma_1`/`gamma_2`;
+- `omnivision`: OmniMAE / PPMA trunks (`trunk.*`, `patch_embed.proj.1`, `layer_scale_gamma1`);
+- `hf`: Hugging Face transformers VideoMAE (`videomae.encoder.layer.*`, old `q_bias` or new
+  `query.bias` keys).
+Everything else (decoders, heads, mask tokens) is dropped and listed. Reading never runs pickled
+code: safetensors, or `torch.load(weights_only=True)` with only `argparse.Namespace` allowed
+(VideoMAE checkpoints store their arguments that way).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ppma_scale.models import pos_embed as pe
+from ppma_scale.models.hf_export import export_hf, hf_to_trunk  # noqa: F401  (re-exported)
+from ppma_scale.models.vit import VideoViT
+
+StateDict = dict[str, torch.Tensor]
+LAYOUTS = ("ours", "videomae", "omnivision", "hf")
+CONTAINER_KEYS = ("model", "module", "state_dict", "model_state", "model_state_dict")
+FIXED_POS_LAYOUTS = ("videomae", "hf")  # layouts whose fixed 1-D table is not stored in the file
+
+
+# ------------------------------------------------------------------------------------- reading
+
+
+def load_weights_file(path: str | Path) -> StateDict:
+    """Tensors of a checkpoint file (or a Hugging Face model directory), unwrapped to a flat dict."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        candidates = [path / "model.safetensors", path / "pytorch_model.bin"]
+        index = path / "model.safetensors.index.json"
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            merged: StateDict = {}
+            for shard in shards:
+                merged.update(load_weights_file(path / shard))
+            return merged
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise FileNotFoundError(f"{path} is a directory without model.safetensors or pytorch_model.bin")
+        path = found[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError and friends: say what to do
+        raise ValueError(f"{path} cannot be read without running pickled code ({exc}); re-save its "
+                         "state dict with torch.save(state_dict) or as safetensors") from None
+    return unwrap_state_dict(obj, str(path))
+
+
+def unwrap_state_dict(obj: object, where: str = "checkpoint") -> StateDict:
+    """Descend through `{"model": ...}`-style containers to the dict of tensors; drop `module.`."""
+    while isinstance(obj, dict) and not _is_tensor_dict(obj):
+        inner = next((obj[k] for k in CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            raise ValueError(f"{where}: no state dict found; top-level keys are {sorted(obj)[:10]}")
+        obj = inner
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where} holds a {type(obj).__name__}, not a state dict")
+    return strip_ddp_prefix({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)})
+
+
+def strip_ddp_prefix(sd: StateDict) -> StateDict:
+    """Drop the `module.` prefix DistributedDataParallel / DeepSpeed wrappers add to every key."""
+    if sd and all(k.startswith("module.") for k in sd):
+        return {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _is_tensor_dict(obj: dict) -> bool:
+    values = list(obj.values())
+    return bool(values) and sum(isinstance(v, torch.Tensor) for v in values) >= len(values) / 2
+
+
+# ------------------------------------------------------------------------------------ layouts
+
+
+def detect_layout(sd: StateDict) -> str:
+    """Name of the layout of `sd` (one of LAYOUTS); ValueError listing sample keys otherwise."""
+    keys = list(sd)
+    if any(k.startswith(("videomae.", "embeddings.patch_embeddings")) or ".layer." in k and "attention" in k
+           for k in keys):
+        return "hf"
+    if any(k.startswith("trunk.") for k in keys):
+        return "omnivision"
+    if any(re.search(r"(^|\.)blocks\.\d+\.", k) for k in keys):
+        videomae_marks = ("attn.q_bias", "gamma_1", "encoder_to_decoder.weight", "fc_norm.weight", "head.weight")
+        return "videomae" if any(k.endswith(videomae_marks) for k in keys) else "ours"
+    raise ValueError(f"unrecognised checkpoint layout (known: {', '.join(LAYOUTS)}); first keys: {keys[:6]}")
+
+
+def to_trunk_state_dict(sd: StateDict) -> tuple[StateDict, str]:
+    """(trunk state dict in our key names, layout name) from any recognised layout."""
+    sd = strip_ddp_prefix(sd)
+    layout = detect_layout(sd)
+    if layout == "hf":
+        return hf_to_trunk(sd), layout
+    if layout == "omnivision":
+        if "trunk.cls_token" in sd:
+            raise ValueError("this OmniMAE/PPMA trunk uses a class token; VideoViT has none")
+        sd = {k[len("trunk."):]: v for k, v in sd.items()
+              if k.startswith("trunk.") and not k.startswith(("trunk.decoder.", "trunk.mask_token"))}
+    elif any(k.startswith("encoder.blocks.") for k in sd):  # an MAE (ours or VideoMAE pretrain)
+        sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+    return _timm_names(sd), layout
+
+
+def _timm_names(sd: StateDict) -> StateDict:
+    """Map VideoMAE / omnivision block names to timm's; keep trunk keys only."""
+    out: StateDict = {}
+    for key, value in sd.items():
+        key = key.replace("patch_embed.proj.1.", "patch_embed.proj.")
+        block = re.match(r"blocks\.(\d+)\.(.+)$", key)
+        if block:
+            i, rest = block.groups()
+            if rest in ("attn.q_bias", "attn.v_bias"):
+                continue  # folded into qkv.bias below
+            if rest == "attn.scale":
+                raise ValueError("cosine-attention VideoMAE V2 weights (attn.scale) are not supported")
+            rest = {"gamma_1": "ls1.gamma", "gamma_2": "ls2.gamma", "layer_scale_gamma1": "ls1.gamma",
+                    "layer_scale_gamma2": "ls2.gamma"}.get(rest, rest)
+            if rest.endswith(".gamma"):
+                value = value.reshape(-1)
+            out[f"blocks.{i}.{rest}"] = value
+            q_bias = sd.get(f"blocks.{i}.attn.q_bias")
+            if rest == "attn.qkv.weight" and q_bias is not None:
+                out[f"blocks.{i}.attn.qkv.bias"] = torch.cat(
+                    [q_bias, torch.zeros_like(q_bias), sd[f"blocks.{i}.attn.v_bias"]])
+        elif key.startswith(("patch_embed.proj.", "norm.")) or key == "pos_embed":
+            out[key] = value
+    if not any(k.startswith("blocks.") for k in out):
+        raise ValueError("no transformer blocks found in the checkpoint")
+    return out
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def load_trunk_weights(encoder: VideoViT, trunk: StateDict, layout: str = "ours",
+                       source_grid: Optional[tuple[int, int, int]] = None) -> dict:
+    """Load a trunk state dict (ours keys) into `encoder`, adapting what can be adapted exactly.
+
+    Position tables follow the model's grid: a fixed table is regenerated, a learned one resampled;
+    layouts with an implicit 1-D table get it. Missing qkv biases become zeros and missing
+    LayerScale gammas ones (both exact); a final norm the model does not have is dropped.
+    Returns a report {"layout", "loaded", "filled", "dropped", "pos_embed"}.
+    """
+    target = encoder.state_dict()
+    trunk = dict(trunk)
+    report = {"layout": layout, "filled": [], "dropped": [], "pos_embed": "loaded"}
+    trunk["pos_embed"], report["pos_embed"] = _adapt_pos(encoder, trunk.get("pos_embed"), layout, source_grid)
+    for key in sorted(set(trunk) - set(target)):
+        if key.startswith("norm.") or (key.endswith("attn.qkv.bias") and not trunk[key].any()):
+            report["dropped"].append(key)
+            del trunk[key]
+        else:
+            hint = "set model.qkv_bias: true" if key.endswith("qkv.bias") else \
+                "set model.layer_scale" if ".ls" in key else "check model.size/depth"
+            raise ValueError(f"checkpoint has {key!r}, which the model lacks ({hint})")
+    for key in sorted(set(target) - set(trunk)):
+        if key.endswith("attn.qkv.bias") or key.startswith("norm."):
+            trunk[key] = target[key].new_zeros(target[key].shape) if key.endswith("bias") else target[key]
+        elif key.endswith(".gamma"):
+            trunk[key] = torch.ones_like(target[key])
+        else:
+            raise ValueError(f"checkpoint lacks {key!r}; it does not fit this model (check model.size)")
+        report["filled"].append(key)
+    for key, value in trunk.items():
+        if tuple(value.shape) != tuple(target[key].shape):
+            raise ValueError(f"{key}: checkpoint shape {tuple(value.shape)} != model shape "
+                             f"{tuple(target[key].shape)} (check model.size, patch_size, tubelet)")
+    encoder.load_state_dict(trunk, strict=True)
+    report["loaded"] = len(trunk) - len(report["filled"])
+    return report
+
+
+def _adapt_pos(encoder: VideoViT, table: Optional[torch.Tensor], layout: str,
+               source_grid: Optional[tuple[int, int, int]]) -> tuple[torch.Tensor, str]:
+    """The position table to load, and what was done to get it."""
+    dim, grid = encoder.embed_dim, encoder.grid
+    if table is None:
+        if layout in FIXED_POS_LAYOUTS:
+            return pe.sincos_flat(encoder.num_patches, dim), "1-D sin-cos (implicit in this layout)"
+        return encoder.pos_embed.detach().clone(), "model's own (none in checkpoint)"
+    if table.shape[-1] != dim:
+        raise ValueError(f"pos_embed: checkpoint width {table.shape[-1]} != model width {dim} (check model.size)")
+    table = table.detach().float().reshape(1, -1, dim)
+    if table.shape[1] == encoder.num_patches:
+        return table, "loaded"
+    old_grid = tuple(source_grid) if source_grid else pe.infer_grid(table.shape[1], grid)
+    if torch.allclose(table, pe.sincos_flat(table.shape[1], dim), atol=1e-4):
+        return pe.sincos_flat(encoder.num_patches, dim), f"1-D sin-cos regenerated for {grid}"
+    if torch.allclose(table, pe.sincos_3d(old_grid, dim), atol=1e-4):
+        return pe.sincos_3d(grid, dim), f"3-D sin-cos regenerated for {grid}"
+    with torch.no_grad():
+        return pe.resample(table, old_grid, grid), f"resampled {old_grid} -> {grid}"
+
+
+# ------------------------------------------------------------------------- building from weights
+
+
+def linear_head_state_dict(sd: StateDict, layout: str) -> Optional[StateDict]:
+    """A LayerNorm + Linear classification head in `sd` as {norm.*, fc.*}, or None."""
+    names = {"ours": ("head.norm.", "head.fc."), "videomae": ("fc_norm.", "head."),
+             "hf": ("fc_norm.", "classifier.")}.get(layout)
+    if names is None or names[0] + "weight" not in sd or names[1] + "weight" not in sd:
+        return None
+    norm, fc = names
+    return {f"{new}{p}": sd[f"{old}{p}"] for new, old in (("norm.", norm), ("fc.", fc)) for p in ("weight", "bias")}
+
+
+def encoder_from_trunk(trunk: StateDict, num_frames: int, img_size: int, num_heads: Optional[int] = None,
+                       final_norm: bool = True) -> VideoViT:
+    """A VideoViT shaped like the weights in `trunk` (heads from the size table or `num_heads`)."""
+    from ppma_scale.models.sizes import SIZES, ViTSize
+
+    embed_dim, in_chans, tubelet, patch, _ = trunk["patch_embed.proj.weight"].shape
+    depth = 1 + max(int(k.split(".")[1]) for k in trunk if k.startswith("blocks."))
+    mlp_ratio = trunk["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
+    if num_heads is None:
+        rows = [s for s in SIZES.values() if (s.embed_dim, s.depth) == (embed_dim, depth)]
+        if not rows:
+            raise ValueError(f"a {embed_dim}-wide, {depth}-deep trunk is not in the size table: pass num_heads "
+                             "(CLI: --num-heads)")
+        num_heads = rows[0].num_heads
+    size = ViTSize(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, patch_size=patch)
+    grid = (num_frames // tubelet, img_size // patch, img_size // patch)
+    table = trunk.get("pos_embed")
+    kind = "sincos_1d"
+    if table is not None and table.numel() == embed_dim * grid[0] * grid[1] * grid[2]:
+        table = table.float().reshape(1, -1, embed_dim)
+        kind = ("sincos_1d" if torch.allclose(table, pe.sincos_flat(table.shape[1], embed_dim), atol=1e-4) else
+                "sincos" if torch.allclose(table, pe.sincos_3d(grid, embed_dim), atol=1e-4) else "learned")
+    layer_scale = 1.0 if "blocks.0.ls1.gamma" in trunk else None
+    return VideoViT(size, num_frames=num_frames, img_size=img_size, tubelet=tubelet, in_chans=in_chans,
+                    qkv_bias="blocks.0.attn.qkv.bias" in trunk, layer_scale=layer_scale, pos_embed=kind,
+                    final_norm=final_norm and "norm.weight" in trunk)

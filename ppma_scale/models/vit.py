@@ -1,0 +1,203 @@
+"""VideoViT: a plain ViT over tubelet tokens, fast where it matters for video MAE.
+
+- Tubelet embedding is a Conv3d; when only visible tokens are wanted it gathers their raw patches
+  first and applies the same weights as one matmul, so 90% masking skips 90% of the embedding work.
+- Attention is timm's `Attention`, pinned to `F.scaled_dot_product_attention` (flash / efficient /
+  cuDNN kernels on GPU); `set_attention(model, "math")` switches to the explicit q@k^T softmax
+  formula for equivalence tests and baselines.
+- Activation checkpointing (non-reentrant) on every k-th block; `torch.compile` of the blocks is
+  opt-in (`Module.compile` keeps the state-dict keys unchanged).
+- Keys follow timm / VideoMAE: `patch_embed.proj.*`, `pos_embed`, `blocks.{i}.*`, `norm.*`.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from functools import partial
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from timm.layers import Attention
+from timm.models.vision_transformer import Block
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ppma_scale.models import pos_embed as pe
+from ppma_scale.models.sizes import ViTSize
+
+POS_EMBED_KINDS = ("sincos", "sincos_1d", "learned")
+LN_EPS = 1e-6
+
+
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B|1, N, D), index (B, M) -> (B, M, D): the tokens at `index`, row by row."""
+    if x.shape[0] != index.shape[0]:
+        x = x.expand(index.shape[0], -1, -1)
+    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class TubeletConv(nn.Conv3d):
+    """Conv3d with stride = kernel, which can also embed only a chosen subset of tubelets.
+
+    Owning the weight here (not in a parent) matters under ZeRO-3: parameters are gathered when
+    the module that owns them is called.
+    """
+
+    def forward(self, video: torch.Tensor, index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if index is None:
+            return super().forward(video).flatten(2).transpose(1, 2)
+        pt, ph, pw = self.kernel_size
+        patches = rearrange(video, "b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw)", pt=pt, ph=ph, pw=pw)
+        return F.linear(gather_tokens(patches, index), self.weight.flatten(1), self.bias)
+
+
+class PatchEmbed(nn.Module):
+    """Video (B, C, T, H, W) -> tokens (B, N, D) in (t, h, w) order."""
+
+    def __init__(self, in_chans: int, embed_dim: int, tubelet: int, patch_size: int) -> None:
+        super().__init__()
+        kernel = (tubelet, patch_size, patch_size)
+        self.proj = TubeletConv(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
+
+    def forward(self, video: torch.Tensor, index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.proj(video, index)
+
+
+def make_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
+                layer_scale: Optional[float], drop_path: float) -> nn.ModuleList:
+    """Pre-norm transformer blocks (timm `Block`) with a linear stochastic-depth ramp."""
+    rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
+    blocks = [Block(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                    init_values=layer_scale, drop_path=rate, norm_layer=partial(nn.LayerNorm, eps=LN_EPS))
+              for rate in rates]
+    for block in blocks:
+        block.attn.fused_attn = True  # SDPA regardless of timm's global setting
+    return nn.ModuleList(blocks)
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpoint_every: int) -> torch.Tensor:
+    """Apply `blocks`, checkpointing every k-th one (non-reentrant) when gradients are on."""
+    use_ckpt = checkpoint_every > 0 and torch.is_grad_enabled()
+    for i, block in enumerate(blocks):
+        if use_ckpt and i % checkpoint_every == 0:
+            x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = block(x)
+    return x
+
+
+def set_attention(model: nn.Module, impl: str) -> None:
+    """'sdpa' (fused kernels) or 'math' (explicit q@k^T softmax, as VideoMAE's code) everywhere."""
+    if impl not in ("sdpa", "math"):
+        raise ValueError(f"attention implementation must be 'sdpa' or 'math', got {impl!r}")
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.fused_attn = impl == "sdpa"
+
+
+@contextmanager
+def default_init_skipped() -> Iterator[None]:
+    """Build Linear/Conv3d layers without their default init, because `init_weights` overwrites
+    every one of them: initialising ViT-H twice costs ~5 s of random numbers on a small CPU."""
+    saved = {cls: cls.__dict__["reset_parameters"] for cls in (nn.Linear, nn.modules.conv._ConvNd)}
+    try:
+        for cls in saved:
+            cls.reset_parameters = lambda self: None
+        yield
+    finally:
+        for cls, method in saved.items():
+            cls.reset_parameters = method
+
+
+def init_weights(module: nn.Module) -> None:
+    """MAE's initialisation: xavier-uniform linear and tubelet weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv3d):
+            nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class VideoViT(nn.Module):
+    """Video ViT trunk. `forward(video, visible_idx=None)` -> tokens (B, N or Nv, D)."""
+
+    def __init__(self, size: ViTSize, num_frames: int = 16, img_size: int = 224, tubelet: int = 2,
+                 in_chans: int = 3, qkv_bias: bool = True, layer_scale: Optional[float] = None,
+                 drop_path: float = 0.0, pos_embed: str = "sincos", final_norm: bool = True,
+                 act_checkpoint_every: int = 0, compile_blocks: bool = False) -> None:
+        super().__init__()
+        if pos_embed not in POS_EMBED_KINDS:
+            raise ValueError(f"model.pos_embed must be one of {POS_EMBED_KINDS}, got {pos_embed!r}")
+        if tubelet < 1 or num_frames % tubelet:
+            raise ValueError(f"data.num_frames {num_frames} must be a multiple of model.tubelet {tubelet}")
+        if img_size % size.patch_size:
+            raise ValueError(f"data.img_size {img_size} must be a multiple of the patch size {size.patch_size}")
+        if act_checkpoint_every < 0:
+            raise ValueError(f"model.act_checkpoint_every must be >= 0, got {act_checkpoint_every}")
+        if not 0.0 <= drop_path < 1.0:
+            raise ValueError(f"model.drop_path must be in [0, 1), got {drop_path}")
+        self.size = size
+        self.embed_dim = size.embed_dim
+        self.in_chans = in_chans
+        self.tubelet = tubelet
+        self.patch_size = size.patch_size
+        self.grid = (num_frames // tubelet, img_size // size.patch_size, img_size // size.patch_size)
+        self.num_patches = math.prod(self.grid)
+        self.pos_embed_kind = pos_embed
+        self.act_checkpoint_every = act_checkpoint_every
+
+        with default_init_skipped():
+            self.patch_embed = PatchEmbed(in_chans, size.embed_dim, tubelet, size.patch_size)
+            if pos_embed == "learned":
+                self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, size.embed_dim))
+            else:  # fixed, but saved: imported weights bring the exact table they were trained with
+                self.register_buffer("pos_embed", pe.fixed_table(pos_embed, self.grid, size.embed_dim))
+            self.blocks = make_blocks(size.embed_dim, size.depth, size.num_heads, size.mlp_ratio, qkv_bias,
+                                      layer_scale, drop_path)
+        self.norm = nn.LayerNorm(size.embed_dim, eps=LN_EPS) if final_norm else nn.Identity()
+        init_weights(self)
+        if pos_embed == "learned":
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
+        if compile_blocks:
+            for block in self.blocks:
+                block.compile()
+
+    def forward(self, video: torch.Tensor, visible_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Tokens of `video` (B, C, T, H, W); only those at `visible_idx` (B, Nv) when given."""
+        grid = self.grid_of(video)
+        x = self.patch_embed(video, visible_idx)
+        pos = self.pos_embed_for(grid).to(x.dtype)
+        x = x + (pos if visible_idx is None else gather_tokens(pos, visible_idx))
+        x = run_blocks(self.blocks, x, self.act_checkpoint_every)
+        return self.norm(x)
+
+    forward_features = forward
+
+    def grid_of(self, video: torch.Tensor) -> tuple[int, int, int]:
+        """The token grid of `video`, with a clear error when its shape cannot be tokenised."""
+        if video.ndim != 5 or video.shape[1] != self.in_chans:
+            raise ValueError(f"expected video of shape (B, {self.in_chans}, T, H, W), got {tuple(video.shape)}")
+        t, h, w = video.shape[2:]
+        p = self.patch_size
+        if t % self.tubelet or h % p or w % p:
+            raise ValueError(f"video of {t}x{h}x{w} (TxHxW) is not divisible into {self.tubelet}x{p}x{p} tubelets")
+        return (t // self.tubelet, h // p, w // p)
+
+    def pos_embed_for(self, grid: tuple[int, int, int]) -> torch.Tensor:
+        """The (1, N, D) table for `grid`: ours, resampled (learned), or regenerated (fixed)."""
+        return pe.table_for_grid(self.pos_embed, self.pos_embed_kind, self.grid, grid, self._pos_cache)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names AdamW should not decay (1-D parameters are excluded by the engine)."""
+        return {"pos_embed"} if self.pos_embed_kind == "learned" else set()
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Layer groups for timm's `param_groups_layer_decay`: stem, blocks.i, final norm."""
+        return dict(stem=r"^pos_embed|^patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])

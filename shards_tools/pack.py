@@ -1,0 +1,247 @@
+"""`ppma-pack`: video files (+ a split file, CSV or class folders) -> WebDataset tar shards + manifest.json.
+
+Each input is re-encoded (see `transcode.py`) in parallel worker processes; results are written in
+input order (shuffled once by `--shuffle-seed`, so shards mix classes), so the shards do not depend
+on the number of workers. A sample is `{key}.mp4|webm`, `{key}.cls` (label id), `{key}.json`
+(label, label_name, dataset, source, fps, frames, width, height, duration, codec, ...).
+
+Re-running the same command after an interruption (kill -9 included) keeps the finished shards and
+goes on from the first unfinished one; `manifest.json` is written last, so its presence means done.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ppma_scale.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, load_manifest
+from shards_tools.inputs import FORMATS, SourceItem, read_inputs
+from shards_tools.journal import Journal, ShardFile, remove_unlisted_shards
+from shards_tools.parallel import default_workers, encode_in_order
+from shards_tools.transcode import DEFAULT_CRF, EncodeSettings
+from shards_tools.videoio import video_extension
+
+TOOL_VERSION = 1
+TAR_OVERHEAD = 3 * 1024  # three tar headers + block padding per sample (upper bound), for --max-size
+
+
+def sample_key(item: SourceItem) -> str:
+    """Unique, dot-free key: the input's listing index plus a readable slug of its path."""
+    stem = item.source.rsplit(".", 1)[0] if "." in Path(item.source).name else item.source
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")[-80:]
+    return f"{item.index:08d}_{slug}" if slug else f"{item.index:08d}"
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'500MB', '1.5G', '2e9', 1000 -> bytes (powers of 1024 for K/M/G/T)."""
+    if text is None or isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?)(i?B)?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"--max-size {text!r} is not a size (examples: 500MB, 1GB, 200000000)")
+    return int(float(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " "))
+
+
+def _fingerprint(ordered: list[SourceItem], names: list[str], options: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps({"options": options, "classes": names}, sort_keys=True).encode())
+    for item in ordered:
+        digest.update(f"{item.index}\t{item.source}\t{item.label}\n".encode())
+    return digest.hexdigest()
+
+
+def _prepare_output(output: Path, fingerprint: str, prefix: str, overwrite: bool) -> Manifest | None:
+    """Return the finished manifest if this exact job is already done; refuse to mix two jobs."""
+    output.mkdir(parents=True, exist_ok=True)
+    manifest_path = output / MANIFEST_NAME
+    journal = Journal(output, fingerprint)
+    existing = load_manifest(manifest_path) if manifest_path.is_file() else None
+    if existing is not None and existing.settings.get("fingerprint") == fingerprint:
+        return existing
+    other_job = existing is not None or journal.recorded_fingerprint() not in (None, fingerprint)
+    if other_job and not overwrite:
+        raise ValueError(f"output folder {output} already holds a shard set packed from other inputs or settings; "
+                         "choose a new --output or pass --overwrite to replace it")
+    if other_job:
+        manifest_path.unlink(missing_ok=True)
+        journal.path.unlink(missing_ok=True)
+        remove_unlisted_shards(output, prefix, keep=set())
+    return None
+
+
+def _sample(result, dataset: str, names: list[str], extension: str) -> dict[str, Any]:
+    item = result.item
+    meta = {"label": item.label, "label_name": names[item.label], "dataset": dataset, "source": item.source,
+            **result.meta}
+    return {"__key__": sample_key(item), extension: result.data, "cls": str(item.label).encode(),
+            "json": json.dumps(meta).encode()}
+
+
+def _manifest(entries: list[dict[str, Any]], dataset: str, names: list[str], settings: dict[str, Any]) -> Manifest:
+    shards = [ShardInfo(e["url"], e["samples"], e["bytes"], e["sha256"]) for e in entries if e["url"]]
+    rejected = sorted((r for e in entries for r in e["rejected"]), key=lambda r: r["index"])
+    totals = {"samples": sum(s.samples for s in shards), "shards": len(shards),
+              "frames": sum(e["frames"] for e in entries), "hours": sum(e["seconds"] for e in entries) / 3600,
+              "bytes": sum(s.bytes for s in shards), "rejected": len(rejected)}
+    return Manifest(dataset=dataset, classes=names, shards=shards, totals=totals, settings=settings,
+                    rejected=[{"source": r["source"], "reason": r["reason"]} for r in rejected])
+
+
+def pack(source: str | Path, output: str | Path, *, root: str | Path | None = None,
+         classes: str | Path | None = None, input_format: str = "auto", dataset: str | None = None,
+         max_samples: int = 1000, max_size: int | str | None = "1GB", workers: int | None = None,
+         shuffle_seed: int | None = 0, prefix: str = "shard", overwrite: bool = False, progress: bool = True,
+         **encode_options: Any) -> Manifest:
+    """Pack the clips listed by `source` into shards under `output`; returns the manifest.
+
+    `encode_options` are `EncodeSettings` fields (codec, short_side, fps, max_duration, gop, crf,
+    preset, min_frames, copy, upscale, frames_fps). Resumes an interrupted run of the same job.
+    """
+    settings = EncodeSettings(**encode_options)
+    max_size = parse_size(max_size)
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+    if max_size is not None and max_size < 1:
+        raise ValueError(f"max_size must be positive, got {max_size}")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", prefix):
+        raise ValueError(f"shard prefix {prefix!r} may hold only letters, digits, '_' and '-'")
+    output = Path(output)
+    items, names = read_inputs(source, root, classes, input_format)
+    dataset = dataset or output.name
+    ordered = list(items)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(ordered)
+    options = {"encode": settings.to_json(), "max_samples": max_samples, "max_size": max_size, "prefix": prefix,
+               "shuffle_seed": shuffle_seed, "dataset": dataset, "tool_version": TOOL_VERSION}
+    fingerprint = _fingerprint(ordered, names, options)
+    finished = _prepare_output(output, fingerprint, prefix, overwrite)
+    if finished is not None:
+        if progress:
+            print(f"{output}: already packed ({finished.num_samples} clips); nothing to do", file=sys.stderr)
+        return finished
+
+    journal = Journal(output, fingerprint)
+    entries = journal.entries()
+    journal.start(entries)
+    remove_unlisted_shards(output, prefix, keep={e["url"] for e in entries if e["url"]})
+    position = entries[-1]["end"] if entries else 0
+    shard_number = sum(1 for e in entries if e["url"])
+    extension = video_extension(settings.codec)
+    workers = workers or default_workers()
+    started, packed = time.time(), 0
+    bar = tqdm(total=len(ordered), initial=position, unit="file", disable=not progress, smoothing=0.05,
+               dynamic_ncols=True, desc=f"pack {dataset}")
+    shard: ShardFile | None = None
+    span_start, rejected = position, []
+    rejected_before = sum(len(e["rejected"]) for e in entries)
+
+    def close_span(end: int) -> None:
+        nonlocal shard, shard_number, span_start, rejected, rejected_before
+        info = {"url": None, "samples": 0, "bytes": 0, "sha256": "", "frames": 0, "seconds": 0.0}
+        if shard is not None:
+            info = shard.finish()
+            shard_number += 1
+        entry = {**info, "start": span_start, "end": end, "rejected": rejected}
+        journal.append(entry)
+        entries.append(entry)
+        rejected_before += len(rejected)
+        shard, span_start, rejected = None, end, []
+
+    for offset, result in enumerate(encode_in_order(ordered[position:], settings, workers)):
+        here = position + offset
+        if result.reason is not None:
+            rejected.append({"index": result.item.index, "source": result.item.source, "reason": result.reason})
+        else:
+            sample = _sample(result, dataset, names, extension)
+            size = len(result.data) + len(sample["json"]) + TAR_OVERHEAD
+            if shard is not None and (shard.samples >= max_samples or
+                                      (max_size is not None and shard.size_with(size) > max_size)):
+                close_span(here)
+            if shard is None:
+                shard = ShardFile(output, f"{prefix}-{shard_number:06d}.tar")
+            shard.write(sample, result.meta["frames"], result.meta["duration"])
+            packed += 1
+        bar.update(1)
+        bar.set_postfix(shards=shard_number, rejected=rejected_before + len(rejected), refresh=False)
+    if shard is not None or rejected or span_start < len(ordered):
+        close_span(len(ordered))
+    bar.close()
+    manifest = _manifest(entries, dataset, names, {**options, "fingerprint": fingerprint, "source": str(source),
+                                                   "workers": workers})
+    manifest.location = str(output)
+    manifest.save(output)
+    if progress:
+        elapsed = time.time() - started
+        print(f"{output}: {manifest.num_samples} clips in {len(manifest.shards)} shards "
+              f"({manifest.totals['bytes'] / 2**20:.1f} MiB, {manifest.totals['hours']:.3f} h of video); "
+              f"{len(manifest.rejected)} rejected (listed in {MANIFEST_NAME}); "
+              f"{packed} encoded this run in {elapsed:.1f} s", file=sys.stderr)
+    return manifest
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ppma-pack", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("source", type=Path, help="split file (`path;label`), CSV (path,label|label_name) or class folders")
+    parser.add_argument("--output", "-o", type=Path, required=True, help="folder for the shards and manifest.json")
+    parser.add_argument("--root", type=Path, default=None, help="folder the listed paths are relative to "
+                        "(default: the split file's folder)")
+    parser.add_argument("--classes", type=Path, default=None, help="class-names file, one per line (line = label id)")
+    parser.add_argument("--format", dest="input_format", choices=FORMATS, default="auto")
+    parser.add_argument("--dataset", default=None, help="dataset name in the manifest (default: output folder name)")
+    group = parser.add_argument_group("encoding")
+    group.add_argument("--codec", choices=("h264", "vp9"), default="h264",
+                       help="h264: NVDEC on GPUs; vp9: also decodable by DALI on a CPU")
+    group.add_argument("--short-side", type=int, default=320)
+    group.add_argument("--upscale", action="store_true", help="also scale sources smaller than --short-side up")
+    group.add_argument("--fps", type=float, default=None, help="resample to this frame rate (default: keep)")
+    group.add_argument("--max-duration", type=float, default=None, help="keep at most this many seconds")
+    group.add_argument("--gop", type=int, default=8, help="keyframe interval in frames (short: cheap seeks)")
+    group.add_argument("--crf", type=int, default=None, help=f"quality (default {DEFAULT_CRF})")
+    group.add_argument("--preset", default="veryfast", help="x264 preset")
+    group.add_argument("--min-frames", type=int, default=16, help="reject clips with fewer output frames")
+    group.add_argument("--copy", action="store_true", help="keep the source stream when it already fits")
+    group.add_argument("--frames-fps", type=float, default=25.0, help="frame rate of JPEG-frame folders")
+    group = parser.add_argument_group("shards")
+    group.add_argument("--max-samples", type=int, default=1000, help="samples per shard at most")
+    group.add_argument("--max-size", default="1GB", help="bytes per shard at most (e.g. 500MB)")
+    group.add_argument("--prefix", default="shard", help="shard file names: PREFIX-000000.tar")
+    group.add_argument("--shuffle-seed", type=int, default=0, help="input order shuffle (mixes classes in shards)")
+    group.add_argument("--no-shuffle", action="store_true", help="keep the listing order")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a shard set of another job in --output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        manifest = pack(args.source, args.output, root=args.root, classes=args.classes,
+                        input_format=args.input_format, dataset=args.dataset, max_samples=args.max_samples,
+                        max_size=args.max_size, workers=args.workers,
+                        shuffle_seed=None if args.no_shuffle else args.shuffle_seed, prefix=args.prefix,
+                        overwrite=args.overwrite, progress=not args.quiet, codec=args.codec,
+                        short_side=args.short_side, fps=args.fps, max_duration=args.max_duration, gop=args.gop,
+                        crf=args.crf, preset=args.preset, min_frames=args.min_frames, copy=args.copy,
+                        upscale=args.upscale, frames_fps=args.frames_fps)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ppma-pack: error: {exc}", file=sys.stderr)
+        return 2
+    if manifest.num_samples == 0:
+        print(f"ppma-pack: error: no input could be packed; reasons are in {args.output / MANIFEST_NAME}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""`ppma-show`: one sample's frames as a contact-sheet PNG: the first look at a freshly packed corpus."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ppma_scale.data.manifest import load_manifest
+from shards_tools.tario import find_sample, video_field
+from shards_tools.videoio import decode_video
+
+HEADER = 30
+GAP = 4
+
+
+def contact_sheet(frames: np.ndarray, caption: str, count: int = 16, columns: int = 8,
+                  min_tile_width: int = 160) -> Image.Image:
+    """`count` evenly spaced frames of (T, H, W, 3) in a grid, upscaled so small clips stay visible."""
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int))
+    height, width = frames.shape[1:3]
+    scale = max(1, int(np.ceil(min_tile_width / width)))
+    tile_w, tile_h = width * scale, height * scale
+    columns = min(columns, len(picks))
+    rows = int(np.ceil(len(picks) / columns))
+    sheet = Image.new("RGB", (columns * (tile_w + GAP) + GAP, HEADER + rows * (tile_h + GAP + 12) + GAP), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((GAP, 4), caption, fill=(0, 0, 0))
+    for n, t in enumerate(picks):
+        x = GAP + (n % columns) * (tile_w + GAP)
+        y = HEADER + (n // columns) * (tile_h + GAP + 12)
+        sheet.paste(Image.fromarray(frames[t]).resize((tile_w, tile_h), Image.NEAREST), (x, y))
+        draw.text((x, y + tile_h + 1), f"t={t}", fill=(60, 60, 60))
+    return sheet
+
+
+def show(manifest_path: str | Path, output: str | Path, key: str | None = None, index: int = 0,
+         count: int = 16, columns: int = 8) -> Path:
+    """Write the contact sheet of one sample (by key, else by position) to `output`."""
+    manifest = load_manifest(manifest_path)
+    sample = find_sample(manifest, key, index)
+    field = video_field(sample)
+    if field is None:
+        raise ValueError(f"sample {sample['__key__']} holds no mp4/webm clip")
+    meta = json.loads(sample["json"]) if "json" in sample else {}
+    frames = decode_video(sample[field])
+    caption = (f"{sample['__key__']}  label {meta.get('label')} ({meta.get('label_name')})  "
+               f"{frames.shape[2]}x{frames.shape[1]}  {len(frames)} frames @ {meta.get('fps', 0):g} fps  "
+               f"{field}  from {meta.get('source')}")
+    output = Path(output)
+    contact_sheet(frames, caption, count, columns).save(output)
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ppma-show", description=__doc__)
+    parser.add_argument("manifest", type=Path, help="manifest.json or the folder holding it")
+    parser.add_argument("--output", "-o", type=Path, default=Path("sample.png"))
+    parser.add_argument("--key", default=None, help="sample key (default: pick by --index)")
+    parser.add_argument("--index", type=int, default=0, help="position of the sample in the set")
+    parser.add_argument("--frames", type=int, default=16, help="frames on the sheet")
+    parser.add_argument("--columns", type=int, default=8)
+    args = parser.parse_args(argv)
+    try:
+        path = show(args.manifest, args.output, args.key, args.index, args.frames, args.columns)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ppma-show: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"contact sheet written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

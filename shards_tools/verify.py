@@ -1,0 +1,173 @@
+"""`ppma-verify`: check a shard set before a training run depends on it.
+
+For every shard (in parallel): the file exists, its size and sha256 match the manifest, the sample
+count matches, every sample has a dot-free key, a label id within the class list that agrees with
+its json, exactly one clip field, and a clip that decodes completely to the frame count and size
+its json states. Keys must be unique across the set. Exit status 1 if anything is wrong.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+from tqdm import tqdm
+
+from ppma_scale.data.manifest import SAMPLE_VIDEO_EXTENSIONS, load_manifest
+from shards_tools.journal import sha256_file
+from shards_tools.parallel import default_workers
+from shards_tools.tario import iter_samples
+
+EXPECTED_FIELDS = {"__key__", "__url__", "cls", "json"}
+
+
+@dataclass
+class ShardReport:
+    url: str
+    samples: int = 0
+    frames: int = 0
+    keys: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _decode_count(data: bytes) -> tuple[int, int, int]:
+    """Decode every frame; (frames, width, height)."""
+    frames = width = height = 0
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        for frame in container.decode(stream):
+            frames += 1
+            width, height = frame.width, frame.height
+    return frames, width, height
+
+
+def _check_sample(sample: dict, num_classes: int, decode: bool) -> tuple[list[str], int]:
+    problems = []
+    extra = set(sample) - EXPECTED_FIELDS - set(SAMPLE_VIDEO_EXTENSIONS)
+    videos = [ext for ext in SAMPLE_VIDEO_EXTENSIONS if ext in sample]
+    if len(videos) != 1:
+        problems.append(f"expected one clip field (mp4 or webm), found {videos or 'none'}")
+    if extra:
+        problems.append(f"unexpected fields {sorted(extra)}")
+    for name in ("cls", "json"):
+        if name not in sample:
+            problems.append(f"missing .{name}")
+    if problems:
+        return problems, 0
+    try:
+        meta = json.loads(sample["json"])
+        label = int(sample["cls"])
+    except ValueError as exc:
+        return [f"unparsable cls/json: {exc}"], 0
+    if not 0 <= label < num_classes:
+        problems.append(f"label {label} outside the {num_classes} classes")
+    if meta.get("label") != label:
+        problems.append(f"cls says {label}, json says {meta.get('label')}")
+    if not decode:
+        return problems, int(meta.get("frames", 0))
+    try:
+        frames, width, height = _decode_count(sample[videos[0]])
+    except (av.error.FFmpegError, IndexError) as exc:
+        return problems + [f"clip does not decode: {exc}"], 0
+    if frames != meta.get("frames"):
+        problems.append(f"decoded {frames} frames, json says {meta.get('frames')}")
+    if (width, height) != (meta.get("width"), meta.get("height")):
+        problems.append(f"decoded {width}x{height}, json says {meta.get('width')}x{meta.get('height')}")
+    return problems, frames
+
+
+def verify_shard(url: str, samples: int, size: int, sha256: str, num_classes: int, decode: bool = True) -> ShardReport:
+    """Check one tar against its manifest entry."""
+    report = ShardReport(url)
+    name = os.path.basename(url)
+    if not os.path.isfile(url):
+        report.problems.append(f"{name}: file is missing")
+        return report
+    if size and os.path.getsize(url) != size:
+        report.problems.append(f"{name}: {os.path.getsize(url)} bytes, manifest says {size}")
+    if sha256 and sha256_file(Path(url)) != sha256:
+        report.problems.append(f"{name}: sha256 differs from the manifest (file changed or damaged)")
+    try:
+        for sample in iter_samples(url):
+            key = sample["__key__"]
+            report.samples += 1
+            report.keys.append(key)
+            problems, frames = _check_sample(sample, num_classes, decode)
+            report.frames += frames
+            report.problems.extend(f"{name}: sample {key}: {p}" for p in problems)
+    except Exception as exc:  # noqa: BLE001 - a damaged tar is a finding, not a crash
+        report.problems.append(f"{name}: unreadable tar after {report.samples} samples: {type(exc).__name__}: {exc}")
+    if report.samples != samples:
+        report.problems.append(f"{name}: holds {report.samples} samples, manifest says {samples}")
+    return report
+
+
+def verify(manifest_path: str | Path, workers: int | None = None, decode: bool = True,
+           progress: bool = True) -> list[str]:
+    """All problems found in the shard set (empty list = healthy)."""
+    manifest = load_manifest(manifest_path)
+    workers = workers or default_workers()
+    jobs = [(url, s.samples, s.bytes, s.sha256, len(manifest.classes), decode)
+            for url, s in zip(manifest.shard_urls(), manifest.shards)]
+    bar = tqdm(total=len(jobs), unit="shard", disable=not progress, desc="verify")
+    reports = []
+    if workers == 1:
+        for job in jobs:
+            reports.append(verify_shard(*job))
+            bar.update(1)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            for report in pool.map(verify_shard, *zip(*jobs)) if jobs else []:
+                reports.append(report)
+                bar.update(1)
+    bar.close()
+    problems = [p for r in reports for p in r.problems]
+    seen: dict[str, str] = {}
+    for report in reports:
+        for key in report.keys:
+            if "." in key:
+                problems.append(f"{os.path.basename(report.url)}: key {key!r} contains a dot")
+            if key in seen:
+                problems.append(f"key {key!r} appears in {os.path.basename(seen[key])} and "
+                                f"{os.path.basename(report.url)}")
+            seen[key] = report.url
+    declared = manifest.totals.get("samples")
+    if declared is not None and declared != manifest.num_samples:
+        problems.append(f"manifest totals say {declared} samples, its shards list {manifest.num_samples}")
+    if decode and "frames" in manifest.totals and problems == [] and \
+            sum(r.frames for r in reports) != manifest.totals["frames"]:
+        problems.append(f"decoded {sum(r.frames for r in reports)} frames, manifest totals say "
+                        f"{manifest.totals['frames']}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ppma-verify", description=__doc__.split("\n\n")[0])
+    parser.add_argument("manifest", type=Path, help="manifest.json or the folder holding it")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--no-decode", action="store_true", help="check files and metadata only")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        manifest = load_manifest(args.manifest)
+        problems = verify(args.manifest, args.workers, not args.no_decode, not args.quiet)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ppma-verify: error: {exc}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(problem)
+    status = "FAILED" if problems else "OK"
+    print(f"{status}: {len(manifest.shards)} shards, {manifest.num_samples} samples, {len(problems)} problem(s)"
+          + ("" if args.no_decode else ", every clip decoded"), file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

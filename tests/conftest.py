@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny real shard sets, rendered by `shards_tools.synth` and packed by `shards_tools.pack`.
+
+`tiny_shards` (H.264/mp4) and `tiny_shards_vp9` (VP9/webm, for DALI's CPU decoder) each return
+
+    {"synthetic": Path, "nohuman": Path, "downstream_train": Path, "downstream_val": Path}
+
+paths of `manifest.json` files. Every set has the 4 classes wave, jump, squat, walk; clips are
+24 frames of 64x48 px at 12 fps (2 s), packed at short side 48 with a keyframe every 8 frames:
+
+- synthetic, nohuman:  4 clips per class = 16 samples in 4 shards of 4
+- downstream_train:    4 clips per class = 16 samples in 4 shards of 4
+- downstream_val:      2 clips per class =  8 samples in 4 shards of 2
+
+so 2 ranks x 2 workers all get shards. Built once per test session (a few seconds); read-only —
+copy a set before changing it.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from shards_tools.pack import pack
+from shards_tools.synth import render_corpus
+
+TINY = dict(num_classes=4, frames=24, width=64, height=48, fps=12.0, seed=0, workers=1)
+TINY_PACK = dict(short_side=48, gop=8, min_frames=16, workers=1, progress=False)
+
+
+def _build_tiny_shards(base: pathlib.Path, codec: str) -> dict[str, pathlib.Path]:
+    corpora = base / "corpora"
+    shards = base / "shards"
+    out: dict[str, pathlib.Path] = {}
+    for kind in ("synthetic", "nohuman"):
+        paths = render_corpus(kind, corpora / kind, clips_per_class=4, val_fraction=0.0, codec=codec, **TINY)
+        manifest = pack(paths["train"], shards / kind, dataset=kind, max_samples=4, codec=codec, **TINY_PACK)
+        out[kind] = manifest_path(manifest)
+    paths = render_corpus("downstream", corpora / "downstream", clips_per_class=6, val_fraction=1 / 3,
+                          codec=codec, **TINY)
+    for split, per_shard in (("train", 4), ("val", 2)):
+        manifest = pack(paths[split], shards / f"downstream_{split}", dataset="downstream", max_samples=per_shard,
+                        codec=codec, **TINY_PACK)
+        out[f"downstream_{split}"] = manifest_path(manifest)
+    return out
+
+
+def manifest_path(manifest) -> pathlib.Path:
+    return pathlib.Path(manifest.location) / "manifest.json"
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> dict[str, pathlib.Path]:
+    """Manifest paths of tiny H.264 shard sets (see the module docstring for their shape)."""
+    return _build_tiny_shards(tmp_path_factory.mktemp("tiny_shards_h264"), "h264")
+
+
+@pytest.fixture(scope="session")
+def tiny_shards_vp9(tmp_path_factory) -> dict[str, pathlib.Path]:
+    """Same as `tiny_shards` but VP9 in webm: the codec DALI's CPU backend decodes."""
+    return _build_tiny_shards(tmp_path_factory.mktemp("tiny_shards_vp9"), "vp9")

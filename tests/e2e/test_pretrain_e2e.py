@@ -1,0 +1,169 @@
+"""Stage 1 end to end through the real launchers: shards -> decode -> MAE -> DeepSpeed ZeRO-2 on 2 CPU ranks.
+
+One uninterrupted run is the reference. A second run has rank 1 SIGKILLed in the middle of saving
+step 6, is restarted with the same command, and must resume at step 4 and then log exactly the
+reference's losses. A third run (under torchrun) gets SIGTERM on one rank, must save and exit 0,
+and is then continued on a single plain process (2 -> 1 ranks, DeepSpeed universal checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ppma_scale.engine.dist import resolve_launch_env
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "demo" / "pretrain_test.yaml"
+SCRIPT = REPO / "launch" / "pretrain.py"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> str:
+    return resolve_launch_env({})["MASTER_PORT"]
+
+
+def deepspeed_cmd(*args: str) -> list[str]:
+    return [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", free_port(), str(SCRIPT), *args]
+
+
+def torchrun_cmd(*args: str) -> list[str]:
+    return [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", free_port(), str(SCRIPT), *args]
+
+
+def plain_cmd(*args: str) -> list[str]:
+    return [sys.executable, str(SCRIPT), *args]
+
+
+def common_args(run_dir: Path, manifest: Path, *overrides: str) -> list[str]:
+    return ["--config", str(CONFIG), "--output", str(run_dir), f"data.train={manifest}", *overrides]
+
+
+def run(cmd: list[str], env_extra: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl")}
+
+
+def latest_tag(run_dir: Path) -> str:
+    return (run_dir / "checkpoints" / "latest").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def nohuman(tiny_shards) -> Path:
+    return tiny_shards["nohuman"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, nohuman) -> Path:
+    run_dir = tmp_path_factory.mktemp("e2e") / "reference"
+    done = run(deepspeed_cmd(*common_args(run_dir, nohuman)))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return run_dir
+
+
+def test_config_error_stops_before_any_work(tmp_path, nohuman):
+    run_dir = tmp_path / "never"
+    done = run(plain_cmd(*common_args(run_dir, nohuman, "train.mirco_batch=4")))
+    assert done.returncode == 2
+    assert "unknown key 'train.mirco_batch'" in done.stderr and "did you mean 'train.micro_batch'" in done.stderr
+    assert not run_dir.exists()
+    done = run(plain_cmd(*common_args(run_dir, tmp_path / "missing.json")))
+    assert done.returncode == 2 and "missing.json does not exist" in done.stderr
+    done = run(plain_cmd(*common_args(run_dir, nohuman, "train.zero_stage=0", "train.offload=cpu")))
+    assert done.returncode == 2 and "needs ZeRO" in done.stderr
+    assert not run_dir.exists()
+
+
+def test_reference_run_writes_a_complete_run_directory(reference):
+    metrics = read_jsonl(reference / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(1, 9))
+    for m in metrics:
+        assert m["loss"] > 0 and m["grad_norm"] > 0 and m["clips_per_s"] > 0 and 0 <= m["data_wait"] <= 1
+        assert m["peak_mem_gb"] > 0 and m["skipped_samples"] == 0 and "tflops_per_gpu" in m
+    assert metrics[0]["lr"] < metrics[2]["lr"]  # warmup, then cosine down
+    assert metrics[-1]["lr"] < metrics[2]["lr"]
+    resolved = (reference / "config.yaml").read_text()
+    assert "zero_stage: 2" in resolved and "manifest.json" in resolved and str(reference) in resolved
+    tags = sorted(p.name for p in (reference / "checkpoints").iterdir() if p.is_dir())
+    assert tags == ["step_00000006", "step_00000008"]  # keep_last: 2
+    assert latest_tag(reference) == "step_00000008"
+    marker = json.loads((reference / "checkpoints" / "step_00000008" / "ppma_complete.json").read_text())
+    assert marker["world_size"] == 2 and marker["zero_stage"] == 2 and marker["step"] == 8
+    assert [e["event"] for e in read_jsonl(reference / "events.jsonl")][-1] == "end"
+
+
+def test_export_of_a_two_rank_zero2_run(reference):
+    from ppma_scale.export import export_checkpoint
+    from ppma_scale.models.convert import load_weights_file, to_trunk_state_dict
+    path = export_checkpoint(reference)
+    state = load_weights_file(path)
+    trunk, layout = to_trunk_state_dict(state)
+    assert any(k.startswith("decoder") for k in state) and "blocks.0.attn.qkv.weight" in trunk
+
+
+def test_killed_save_keeps_the_previous_checkpoint_and_resume_is_exact(tmp_path, nohuman, reference):
+    run_dir = tmp_path / "killed"
+    cmd = deepspeed_cmd(*common_args(run_dir, nohuman))
+    died = run(cmd, {"PPMA_FAULT_KILL_IN_SAVE": "6:1"})  # rank 1 dies while saving step 6
+    assert died.returncode != 0
+    ckpts = run_dir / "checkpoints"
+    assert latest_tag(run_dir) == "step_00000004"
+    assert (ckpts / "step_00000006").is_dir() and not (ckpts / "step_00000006" / "ppma_complete.json").exists()
+    assert max(losses(run_dir)) >= 6  # it had trained past step 4 before dying
+
+    resumed = run(cmd)  # the same command again
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    assert "resuming from" in resumed.stdout and "step_00000004 at step 4" in resumed.stdout
+    events = read_jsonl(run_dir / "events.jsonl")
+    assert [e["step"] for e in events if e["event"] == "resume"] == [4]
+    assert losses(run_dir) == losses(reference)  # step for step, bit for bit
+    assert (ckpts / "step_00000006" / "ppma_complete.json").is_file() and latest_tag(run_dir) == "step_00000008"
+
+
+def rank_processes(launcher: subprocess.Popen) -> list[psutil.Process]:
+    children = psutil.Process(launcher.pid).children()  # the ranks, not their data-loader workers
+    return [p for p in children if str(SCRIPT) in " ".join(p.cmdline())]
+
+
+def test_sigterm_saves_and_exits_zero_then_resumes_on_one_rank(tmp_path, nohuman):
+    run_dir = tmp_path / "preempted"
+    cmd = torchrun_cmd(*common_args(run_dir, nohuman, "train.max_steps=400", "train.ckpt_every=0"))
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    ranks = rank_processes(launcher)
+    assert len(ranks) == 2, "expected two rank processes under torchrun"
+    ranks[-1].send_signal(signal.SIGTERM)  # one rank only: the other learns through the all-reduce
+    output, _ = launcher.communicate(timeout=120)
+    assert launcher.returncode == 0, output[-5000:]
+    stop = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "stop"]
+    assert len(stop) == 1 and stop[0]["signal"] == "SIGTERM"
+    stopped_at = stop[0]["step"]
+    assert 2 <= stopped_at < 400
+    assert latest_tag(run_dir) == f"step_{stopped_at:08d}"  # saved at the step it stopped after
+
+    done = run(plain_cmd(*common_args(run_dir, nohuman, f"train.max_steps={stopped_at + 2}")))
+    assert done.returncode == 0, done.stderr[-5000:]
+    assert f"at step {stopped_at} (saved on 2 ranks, now 1)" in done.stdout
+    after = losses(run_dir)
+    assert sorted(after)[-2:] == [stopped_at + 1, stopped_at + 2] and all(v > 0 for v in after.values())
+    marker = json.loads((run_dir / "checkpoints" / latest_tag(run_dir) / "ppma_complete.json").read_text())
+    assert marker["world_size"] == 1 and marker["step"] == stopped_at + 2

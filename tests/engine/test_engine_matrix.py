@@ -1,0 +1,105 @@
+"""The real trainer + DeepSpeed engine over ZeRO 0/1/2/3, fp32/bf16, CPU offload and accumulation, on one rank.
+
+Every case poisons one optimizer step with a NaN loss: the step must be skipped in every
+configuration (DeepSpeed's overflow check, or our guard for plain fp32) and leave the weights
+bit-identical, which we check on the consolidated weights that `export` reads from each
+checkpoint. A last case poisons steps in a row and must stop with a clear message.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WORKER = Path(__file__).parent / "helpers" / "engine_worker.py"
+CASES = [
+    {"name": "z0_fp32", "train": {"zero_stage": 0, "precision": "fp32"}},
+    {"name": "z0_bf16", "train": {"zero_stage": 0, "precision": "bf16"}},
+    {"name": "z1_bf16_accum2", "train": {"zero_stage": 1, "precision": "bf16", "grad_accum": 2}},
+    {"name": "z2_fp32", "train": {"zero_stage": 2, "precision": "fp32"}},
+    {"name": "z2_bf16_offload", "train": {"zero_stage": 2, "precision": "bf16", "offload": "cpu"}},
+    {"name": "z3_bf16", "train": {"zero_stage": 3, "precision": "bf16"}},
+    {"name": "z3_fp32_accum2", "train": {"zero_stage": 3, "precision": "fp32", "grad_accum": 2}},
+]
+POISONED = 2  # ctx.step of the poisoned step: the step that brings the count from 2 to 3
+STOP_CASE = {"name": "stop", "train": {"zero_stage": 2, "precision": "bf16", "max_nonfinite": 3, "max_steps": 8},
+             "poison": [1, 2, 3, 4, 5]}
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    out = tmp_path_factory.mktemp("engine_matrix")
+    cases = [{**c, "train": {**c["train"], "max_steps": 4, "ckpt_every": 1}, "poison": [POISONED]} for c in CASES]
+    done = subprocess.run([sys.executable, str(WORKER), str(out), json.dumps(cases + [STOP_CASE])],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("case", [c["name"] for c in CASES])
+def test_poisoned_step_is_skipped_and_training_goes_on(matrix, case):
+    outcome = json.loads((matrix / f"{case}.json").read_text())
+    assert outcome["error"] is None and outcome["step"] == 4
+    sums = outcome["weight_sums"]
+    assert sorted(sums) == ["1", "2", "3", "4"]  # a checkpoint per step, all exportable
+    assert sums["2"] == sums["3"]  # the skipped step changed no weight
+    assert sums["3"] != sums["4"] and sums["1"] != sums["2"]  # real steps do
+    events = read_jsonl(matrix / case / "events.jsonl")
+    skipped = [e for e in events if e["event"] == "nonfinite"]
+    assert [(e["step"], e["what"]) for e in skipped] == [(3, "loss")]
+    metrics = read_jsonl(matrix / case / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert metrics[2]["loss"] is None and metrics[2]["skipped_steps"] == 1
+    assert all(m["loss"] > 0 and m["grad_norm"] > 0 for m in metrics if m["step"] != 3)
+
+
+def test_consecutive_nonfinite_steps_stop_the_run(matrix):
+    outcome = json.loads((matrix / "stop.json").read_text())
+    assert "3 optimizer steps in a row had a non-finite loss" in outcome["error"]
+    assert "train.max_nonfinite=3" in outcome["error"]
+    events = read_jsonl(matrix / "stop" / "events.jsonl")
+    assert [e["in_a_row"] for e in events if e["event"] == "nonfinite"] == [1, 2, 3]
+    assert not any(e["event"] == "end" for e in events)
+
+
+@pytest.mark.parametrize("case, dtype", [("z0_fp32", "fp32"), ("z3_bf16", "bf16"), ("z2_bf16_offload", "fp32")])
+def test_export_writes_safetensors_the_models_load(matrix, case, dtype, tmp_path):
+    import torch
+    from safetensors import safe_open
+
+    from ppma_scale.models.convert import load_trunk_weights, load_weights_file, to_trunk_state_dict
+    sys.path.insert(0, str(WORKER.parent))
+    from toy_task import toy_config
+
+    from ppma_scale.models import build_encoder
+
+    done = subprocess.run([sys.executable, "-m", "ppma_scale.export", str(matrix / case), "--dtype", dtype],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    path = Path(done.stdout.strip().splitlines()[-1])
+    assert path == matrix / case / "export" / "step_00000004.safetensors"
+    with safe_open(str(path), "pt") as handle:
+        meta = handle.metadata()
+        assert meta["step"] == "4" and meta["dtype"] == dtype and "zero_stage" not in meta
+        assert "encoder:" not in meta["config"] and "model:" in meta["config"]
+    state = load_weights_file(path)
+    assert {t.dtype for t in state.values()} == {torch.float32 if dtype == "fp32" else torch.bfloat16}
+    live = torch.load(matrix / f"{case}_live.pt")  # the engine's master weights when the run ended
+    assert set(live) <= set(state)  # plus buffers (fixed position tables)
+    for key, value in live.items():
+        assert torch.equal(state[key], value.to(state[key].dtype)), key
+    trunk, layout = to_trunk_state_dict(state)
+    cfg = toy_config()
+    encoder = build_encoder(cfg.model, cfg.data.num_frames, cfg.data.img_size)
+    report = load_trunk_weights(encoder, trunk, layout)
+    assert report["loaded"] > 10 and not report["filled"]
+
+
+def test_export_errors_are_clear(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "ppma_scale.export", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 2 and "no complete checkpoint" in done.stderr

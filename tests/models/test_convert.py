@@ -1,0 +1,233 @@
+"""Weights that travel: import from transformers / VideoMAE / OmniMAE-PPMA layouts and export to
+transformers, compared by outputs against randomly initialised transformers VideoMAE models."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import VideoMAEConfig, VideoMAEForVideoClassification, VideoMAEModel
+
+from ppma_scale.convert import main as convert_main
+from ppma_scale.models import MAE, VideoClassifier
+from ppma_scale.models import pos_embed as pe
+from ppma_scale.models.convert import (detect_layout, export_hf, load_trunk_weights, load_weights_file,
+                                       to_trunk_state_dict)
+
+REPO = Path(__file__).resolve().parents[2]
+HF_GEOMETRY = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=192, image_size=32,
+                   patch_size=8, num_frames=4, tubelet_size=2, layer_norm_eps=1e-6)
+
+
+def randomised(model):
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def hf_classifier():
+    return randomised(VideoMAEForVideoClassification(VideoMAEConfig(**HF_GEOMETRY, num_labels=5)))
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(7))
+
+
+def hf_features(hf, clip):
+    with torch.no_grad():
+        return hf.videomae(clip.transpose(1, 2)).last_hidden_state
+
+
+def imported_features(make_encoder, state, clip, final_norm=False, layer_scale=None):
+    trunk, layout = to_trunk_state_dict(state)
+    encoder = make_encoder(size=dict(depth=2), final_norm=final_norm, pos_embed="sincos",
+                           layer_scale=layer_scale).eval()
+    report = load_trunk_weights(encoder, trunk, layout)
+    with torch.no_grad():
+        return encoder(clip), layout, report
+
+
+def videomae_layout(hf_sd, pretrain: bool):
+    """The transformers weights renamed the way MCG-NJU VideoMAE names them (qkv + q_bias/v_bias),
+    with LayerScale gammas whose effect is cancelled in the projections (outputs unchanged)."""
+    out = {"patch_embed.proj.weight": hf_sd["videomae.embeddings.patch_embeddings.projection.weight"],
+           "patch_embed.proj.bias": hf_sd["videomae.embeddings.patch_embeddings.projection.bias"]}
+    for i in range(2):
+        src, dst = f"videomae.encoder.layer.{i}.", f"blocks.{i}."
+        att = src + "attention.attention."
+        out[dst + "attn.qkv.weight"] = torch.cat([hf_sd[f"{att}{n}.weight"] for n in ("query", "key", "value")])
+        out[dst + "attn.q_bias"], out[dst + "attn.v_bias"] = hf_sd[att + "query.bias"], hf_sd[att + "value.bias"]
+        for ours, theirs, gamma in (("attn.proj", "attention.output.dense", "gamma_1"), ("mlp.fc2", "output.dense", "gamma_2")):
+            g = 0.5 + torch.rand(48)
+            out[dst + gamma] = g
+            out[f"{dst}{ours}.weight"] = hf_sd[f"{src}{theirs}.weight"] / g[:, None]
+            out[f"{dst}{ours}.bias"] = hf_sd[f"{src}{theirs}.bias"] / g
+        for ours, theirs in (("norm1", "layernorm_before"), ("norm2", "layernorm_after"), ("mlp.fc1", "intermediate.dense")):
+            for p in ("weight", "bias"):
+                out[f"{dst}{ours}.{p}"] = hf_sd[f"{src}{theirs}.{p}"]
+    if pretrain:  # MAE checkpoint: encoder.* plus the decoder parts that are dropped
+        out = {f"encoder.{k}": v for k, v in out.items()}
+        out.update({"encoder.norm.weight": torch.ones(48), "encoder.norm.bias": torch.zeros(48),
+                    "encoder_to_decoder.weight": torch.randn(24, 48), "mask_token": torch.zeros(1, 1, 24),
+                    "decoder.blocks.0.attn.qkv.weight": torch.randn(72, 24), "decoder.head.weight": torch.randn(384, 24)})
+    else:
+        out.update({"fc_norm.weight": hf_sd["fc_norm.weight"], "fc_norm.bias": hf_sd["fc_norm.bias"],
+                    "head.weight": hf_sd["classifier.weight"], "head.bias": hf_sd["classifier.bias"]})
+    return out
+
+
+def test_import_transformers_matches_hidden_states(hf_classifier, clip, make_encoder):
+    ours, layout, report = imported_features(make_encoder, hf_classifier.state_dict(), clip)
+    assert layout == "hf" and report["pos_embed"].startswith("1-D sin-cos")
+    torch.testing.assert_close(ours, hf_features(hf_classifier, clip), atol=1e-4, rtol=0)
+    legacy = {k.replace("query.bias", "q_bias").replace("value.bias", "v_bias"): v
+              for k, v in hf_classifier.state_dict().items()}  # transformers 4.x key names
+    torch.testing.assert_close(imported_features(make_encoder, legacy, clip)[0], ours)
+
+
+def test_import_transformers_model_with_final_layernorm(clip, make_encoder):
+    hf = randomised(VideoMAEModel(VideoMAEConfig(**HF_GEOMETRY, use_mean_pooling=False)))
+    ours, layout, _ = imported_features(make_encoder, hf.state_dict(), clip, final_norm=True)
+    with torch.no_grad():
+        expected = hf(clip.transpose(1, 2)).last_hidden_state
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("pretrain", [True, False])
+def test_import_videomae_layouts(hf_classifier, clip, make_encoder, pretrain):
+    state = videomae_layout(hf_classifier.state_dict(), pretrain)
+    ours, layout, report = imported_features(make_encoder, state, clip, layer_scale=0.1)
+    assert layout == "videomae"
+    assert report["dropped"] == (["norm.bias", "norm.weight"] if pretrain else [])
+    torch.testing.assert_close(ours, hf_features(hf_classifier, clip), atol=1e-4, rtol=0)
+
+
+def test_import_omnivision_ppma_trunk(hf_classifier, clip, make_encoder):
+    mapped = videomae_layout(hf_classifier.state_dict(), pretrain=False)
+    state = {"heads.0.weight": torch.randn(5, 48), "trunk.decoder.norm.weight": torch.ones(8),
+             "trunk.mask_token": torch.zeros(1, 48), "trunk.pos_embed": pe.sincos_flat(32, 48),
+             "trunk.norm.weight": torch.ones(48), "trunk.norm.bias": torch.zeros(48)}
+    for key, value in mapped.items():
+        if key.startswith("patch_embed"):
+            state["trunk." + key.replace("proj.", "proj.1.")] = value
+        elif key.endswith(("q_bias", "v_bias")):
+            continue
+        elif key.endswith(("gamma_1", "gamma_2")):
+            state["trunk." + key.replace("gamma_", "layer_scale_gamma")] = value.view(1, 1, -1)
+        elif key.startswith("blocks."):
+            state["trunk." + key] = value
+    for i in range(2):  # omnivision keeps a full qkv bias; a key bias does not change attention
+        q_bias, v_bias = mapped[f"blocks.{i}.attn.q_bias"], mapped[f"blocks.{i}.attn.v_bias"]
+        state[f"trunk.blocks.{i}.attn.qkv.bias"] = torch.cat([q_bias, torch.randn(48), v_bias])
+    ours, layout, report = imported_features(make_encoder, state, clip, layer_scale=0.1)
+    assert layout == "omnivision" and report["pos_embed"] == "loaded"
+    torch.testing.assert_close(ours, hf_features(hf_classifier, clip), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="class token"):
+        to_trunk_state_dict({**state, "trunk.cls_token": torch.zeros(1, 1, 48)})
+
+
+def test_export_classifier_reloads_in_transformers(tmp_path, clip, make_encoder):
+    torch.manual_seed(1)
+    encoder = make_encoder(size=dict(depth=2), final_norm=False, pos_embed="sincos_1d", layer_scale=0.7)
+    model = randomised(VideoClassifier(encoder, num_classes=5))
+    export_hf(model, tmp_path / "hf", id2label={i: f"action{i}" for i in range(5)})
+    reloaded = VideoMAEForVideoClassification.from_pretrained(tmp_path / "hf").eval()
+    assert reloaded.config.id2label[3] == "action3"
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(clip.transpose(1, 2)).logits, model(clip), atol=1e-4, rtol=0)
+
+
+def test_export_trunk_and_mae(tmp_path, clip, make_encoder):
+    mae = MAE(randomised(make_encoder(size=dict(depth=2), pos_embed="sincos_1d")), decoder_depth=1)
+    export_hf(mae, tmp_path / "trunk")
+    hf = VideoMAEModel.from_pretrained(tmp_path / "trunk").eval()
+    mae.encoder.norm = torch.nn.Identity()  # transformers pools un-normalised tokens (use_mean_pooling)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(clip.transpose(1, 2)).last_hidden_state, mae.encoder(clip), atol=1e-4, rtol=0)
+    classifier = VideoMAEForVideoClassification.from_pretrained(tmp_path / "trunk", num_labels=3)
+    assert classifier.classifier.out_features == 3  # a fresh head on the exported trunk
+
+
+def test_export_refuses_what_transformers_cannot_compute(tmp_path, make_encoder):
+    with pytest.raises(ValueError, match="model.pos_embed=sincos_1d"):
+        export_hf(make_encoder(pos_embed="sincos"), tmp_path / "a")
+    export_hf(make_encoder(pos_embed="sincos"), tmp_path / "b", allow_pos_mismatch=True)
+    assert (tmp_path / "b" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="'linear' head"):
+        export_hf(VideoClassifier(make_encoder(pos_embed="sincos_1d"), 3, head="probe"), tmp_path / "c")
+
+
+def test_round_trip_of_our_own_checkpoints(make_encoder, clip):
+    torch.manual_seed(0)
+    mae = MAE(make_encoder(layer_scale=0.3), decoder_depth=1)
+    trunk, layout = to_trunk_state_dict({f"module.{k}": v for k, v in mae.state_dict().items()})
+    assert layout == "ours" and not any(k.startswith(("decoder", "mask_token")) for k in trunk)
+    fresh = make_encoder(layer_scale=0.3)
+    load_trunk_weights(fresh, trunk, layout)
+    torch.testing.assert_close(fresh(clip), mae.encoder(clip))
+
+
+def test_adaptations_and_their_limits(make_encoder):
+    source = make_encoder(pos_embed="learned", qkv_bias=False)
+    trunk = source.state_dict()
+    target = make_encoder(pos_embed="learned", qkv_bias=True)
+    target.grid, target.num_patches = (4, 4, 4), 64  # as if built for 8 frames
+    target.pos_embed = torch.nn.Parameter(torch.zeros(1, 64, 48))
+    report = load_trunk_weights(target, trunk)
+    assert report["pos_embed"] == "resampled (2, 4, 4) -> (4, 4, 4)"
+    assert "blocks.0.attn.qkv.bias" in report["filled"] and not target.blocks[0].attn.qkv.bias.any()
+    fixed = make_encoder(pos_embed="sincos_1d")
+    flat = {**fixed.state_dict(), "pos_embed": pe.sincos_flat(16, 48)}
+    assert "regenerated" in load_trunk_weights(fixed, flat, source_grid=(1, 4, 4))["pos_embed"]
+    torch.testing.assert_close(fixed.pos_embed, pe.sincos_flat(32, 48))
+    with pytest.raises(ValueError, match="set model.layer_scale"):
+        load_trunk_weights(make_encoder(), make_encoder(layer_scale=0.1).state_dict())
+    wide = make_encoder(size=dict(embed_dim=60, num_heads=3)).state_dict()
+    with pytest.raises(ValueError, match="check model.size"):
+        load_trunk_weights(make_encoder(), wide)
+    with pytest.raises(ValueError, match="unrecognised checkpoint layout"):
+        detect_layout({"fc.weight": torch.zeros(2)})
+
+
+class NotATensor:
+    pass
+
+
+def test_loading_never_runs_pickled_code(tmp_path, make_encoder):
+    sd = make_encoder().state_dict()
+    torch.save({"model": sd, "args": argparse.Namespace(lr=1e-3), "epoch": 3}, tmp_path / "videomae.pth")
+    assert load_weights_file(tmp_path / "videomae.pth").keys() == sd.keys()
+    torch.save({"model": sd, "evil": NotATensor()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="without running pickled code"):
+        load_weights_file(tmp_path / "evil.pth")
+    with pytest.raises(FileNotFoundError):
+        load_weights_file(tmp_path / "missing.pth")
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_weights_file(tmp_path)
+
+
+def test_cli_videomae_to_transformers_and_trunk(tmp_path, hf_classifier, clip):
+    torch.save({"module": videomae_layout(hf_classifier.state_dict(), pretrain=False)}, tmp_path / "ft.pth")
+    args = [str(tmp_path / "ft.pth"), str(tmp_path / "hf"), "--to", "hf", "--num-frames", "4", "--img-size", "32",
+            "--num-heads", "3"]
+    assert convert_main(args) == 0
+    reloaded = VideoMAEForVideoClassification.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(clip.transpose(1, 2)).logits, hf_classifier(clip.transpose(1, 2)).logits,
+                                   atol=1e-4, rtol=0)
+    assert convert_main([str(tmp_path / "hf"), str(tmp_path / "t.safetensors"), "--num-frames", "4",
+                         "--img-size", "32"]) == 2  # 48 x 2 is not in the size table and no --num-heads
+    done = subprocess.run([sys.executable, "-m", "ppma_scale.convert", str(tmp_path / "hf"),
+                           str(tmp_path / "t.safetensors"), "--num-frames", "4", "--img-size", "32", "--num-heads", "3"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert '"layout": "hf"' in done.stdout
+    trunk = load_weights_file(tmp_path / "t.safetensors")
+    assert detect_layout(trunk) == "ours" and trunk["pos_embed"].shape == (1, 32, 48)

@@ -1,0 +1,91 @@
+"""The analytic FLOPs formula against torch's FlopCounterMode and against published numbers."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ppma_scale.models import MAE, VideoClassifier, VideoViT, resolve_size, set_attention
+from ppma_scale.models.flops import flops_per_clip, mask_counts, mfu, peak_tflops
+
+
+def counted_flops(model, step, batch):
+    """FLOPs FlopCounterMode sees in `step()` (forward + backward), per clip."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / batch
+
+
+@pytest.mark.parametrize("ratio,decoder_ratio", [(0.75, 0.0), (0.5, 0.5)])
+def test_mae_flops_match_flop_counter(make_encoder, make_masks, ratio, decoder_ratio):
+    torch.manual_seed(0)
+    mae = MAE(make_encoder(size=dict(mlp_ratio=3.0)), decoder_depth=2)
+    set_attention(mae, "math")  # the CPU SDPA kernel is invisible to FlopCounterMode
+    visible, targets = mask_counts(32, ratio, decoder_ratio)
+    mask = make_masks(3, 32, 32 - visible)
+    decoder_mask = None
+    if decoder_ratio:
+        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :targets]
+        decoder_mask = torch.zeros_like(mask).scatter(1, order, True)
+    video = torch.randn(3, 3, 4, 32, 32)
+
+    def step():
+        loss, _ = mae(video, mask, decoder_mask)
+        loss.backward()
+
+    expected = flops_per_clip(mae, ratio, decoder_ratio)
+    assert counted_flops(mae, step, 3) == pytest.approx(expected, rel=0.02)
+
+
+@pytest.mark.parametrize("head", ["linear", "probe"])
+def test_classifier_flops_match_flop_counter(make_encoder, head):
+    model = VideoClassifier(make_encoder(final_norm=False), num_classes=7, head=head)
+    set_attention(model, "math")
+    video = torch.randn(2, 3, 4, 32, 32)
+
+    def step():
+        torch.nn.functional.cross_entropy(model(video), torch.tensor([1, 2])).backward()
+
+    # the probe's trunk is frozen: forward only there, backward through the head alone
+    assert counted_flops(model, step, 2) == pytest.approx(flops_per_clip(model), rel=0.02)
+
+
+def test_trunk_only_flops(make_encoder):
+    model = make_encoder()
+    set_attention(model, "math")
+    video = torch.randn(2, 3, 4, 32, 32)
+    assert counted_flops(model, lambda: model(video).sum().backward(), 2) == pytest.approx(flops_per_clip(model))
+    with torch.no_grad():
+        assert counted_flops(model, lambda: model(video), 2) == pytest.approx(
+            flops_per_clip(model, trunk_trainable=False))
+
+
+@pytest.mark.parametrize("size,published_gmacs", [("b", 180), ("l", 597), ("h", 1192)])
+def test_forward_flops_match_videomae_published(size, published_gmacs):
+    """VideoMAE reports 180 / 597 / 1192 G(MACs) per 16x224 view for ViT-B / L / H."""
+    with torch.device("meta"):
+        model = VideoViT(resolve_size(size))
+    forward = flops_per_clip(model, trunk_trainable=False)
+    assert forward / 2 / 1e9 == pytest.approx(published_gmacs, rel=0.02)
+
+
+def test_mae_masking_cuts_flops():
+    with torch.device("meta"):
+        mae = MAE(VideoViT(resolve_size("l")))
+    full, masked, decoder_masked = (flops_per_clip(mae, 0.0), flops_per_clip(mae, 0.9),
+                                    flops_per_clip(mae, 0.9, 0.5))
+    assert masked < 0.2 * full and decoder_masked < masked
+    assert mask_counts(1568, 0.9) == (157, 1411)  # VideoMAE: int(0.9 * 1568) masked
+    with pytest.raises(ValueError, match="mask ratios"):
+        mask_counts(1568, 1.0)
+
+
+def test_peak_table_and_mfu():
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert peak_tflops("Some CPU") is None
+    assert mfu(1e12, 494.5, 989.0) == pytest.approx(0.5)
+    assert mfu(1e12, 10, None) is None
+    with pytest.raises(TypeError, match="MAE, VideoClassifier or VideoViT"):
+        flops_per_clip(torch.nn.Linear(2, 2))

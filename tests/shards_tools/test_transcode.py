@@ -1,0 +1,97 @@
+"""transcode: constant-rate resampling, rotation, sizes, copy mode, on real encoded video."""
+from __future__ import annotations
+
+import io
+
+import av
+import numpy as np
+import pytest
+
+from shards_tools.transcode import EncodeSettings, FrameRateResampler, Rejected, encode_source, output_size
+from shards_tools.videoio import decode_video
+
+
+def _resample(times, fps, source_fps, max_slots=None, frame_duration=None):
+    resampler = FrameRateResampler(fps, source_fps, max_slots)
+    out = []
+    for index, time in enumerate(times):
+        out.extend(resampler.push(index, time))
+    out.extend(resampler.flush(times[-1], frame_duration or 1 / source_fps))
+    return out
+
+
+def test_resampler_is_identity_at_the_same_rate_and_decimates_by_timestamp():
+    times = [t / 30 for t in range(30)]
+    assert _resample(times, 30, 30) == list(range(30))
+    assert _resample(times, 10, 30) == list(range(0, 30, 3))
+    assert _resample(times, 30, 30, max_slots=7) == list(range(7))
+    assert _resample([t / 10 for t in range(5)], 20, 10) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_resampler_keeps_real_time_for_variable_frame_rate():
+    times = [0.0, 0.1, 0.12, 0.5, 0.52]  # a stall of 0.38 s holds the frame shown at 0.12
+    assert _resample(times, 10, 25, frame_duration=0.04) == [0, 1, 2, 2, 2, 3]
+
+
+@pytest.mark.parametrize("size, short, upscale, expected", [
+    ((640, 480), 320, False, (426, 320)), ((480, 640), 320, False, (320, 426)),
+    ((67, 49), 48, False, (66, 48)), ((63, 47), 320, False, (64, 48)), ((64, 48), 96, True, (128, 96)),
+])
+def test_output_size_keeps_aspect_and_even_dims(size, short, upscale, expected):
+    assert output_size(*size, short, upscale) == expected
+
+
+def test_rotation_metadata_is_applied(messy_corpus):
+    split, _, _ = messy_corpus
+    data, meta = encode_source(split.parent / "odd/rotated.mp4", EncodeSettings(short_side=48))
+    frames = decode_video(data)
+    assert (meta["width"], meta["height"], meta["rotation"]) == (48, 64, 90)
+    # the white top-left block of the stored 64x48 picture is shown bottom-left after a 90 degree CCW turn
+    first = frames[0].astype(int).sum(-1)
+    assert first[-8:, :6].mean() > 700 and first[:8, :6].mean() < 600
+
+
+def test_frame_rate_and_duration_limits(messy_corpus):
+    split, _, _ = messy_corpus
+    settings = EncodeSettings(short_side=32, fps=12.5, max_duration=1.0, min_frames=8)
+    data, meta = encode_source(split.parent / "good/h264.mkv", settings)  # 30 frames at 25 fps
+    assert (meta["frames"], meta["fps"], meta["width"], meta["height"]) == (12, 12.5, 42, 32)
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        assert float(stream.average_rate) == 12.5 and stream.codec_context.pix_fmt == "yuv420p"
+        keyframes = [frame.key_frame for frame in container.decode(stream)]
+    assert len(keyframes) == 12 and keyframes[0] and keyframes[8]
+
+
+@pytest.mark.parametrize("source", ["odd/gray.mkv", "odd/ten_bit.mp4", "odd/odd_size.mkv"])
+def test_unusual_pixel_formats_become_8bit_420_even_sizes(messy_corpus, source):
+    split, _, _ = messy_corpus
+    data, meta = encode_source(split.parent / source, EncodeSettings(short_side=48, codec="vp9"))
+    with av.open(io.BytesIO(data)) as container:
+        ctx = container.streams.video[0].codec_context
+        assert (ctx.name, ctx.pix_fmt) == ("vp9", "yuv420p")
+    assert meta["width"] % 2 == 0 and meta["height"] == 48 and decode_video(data).shape[0] == 24
+
+
+def test_copy_keeps_fitting_streams_and_reencodes_the_rest(messy_corpus):
+    split, _, _ = messy_corpus
+    root = split.parent
+    copy = EncodeSettings(short_side=48, copy=True)
+    data, meta = encode_source(root / "good/h264.mp4", copy)
+    assert meta["copied"] and meta["frames"] == 24
+    with av.open(str(root / "good/h264.mp4")) as original:
+        packets = [bytes(p) for p in original.demux(video=0) if p.size]
+    with av.open(io.BytesIO(data)) as copied:
+        assert [bytes(p) for p in copied.demux(video=0) if p.size] == packets
+    for source in ("odd/rotated.mp4", "odd/vfr.mkv", "good/vp9.webm", "odd/ten_bit.mp4"):
+        assert not encode_source(root / source, EncodeSettings(short_side=64, copy=True))[1]["copied"], source
+
+
+def test_rejects_and_bad_settings(messy_corpus):
+    split, _, _ = messy_corpus
+    with pytest.raises(Rejected, match="too short: 24 frame"):
+        encode_source(split.parent / "good/h264.mp4", EncodeSettings(min_frames=30))
+    with pytest.raises(ValueError, match="codec 'av1' is not supported"):
+        EncodeSettings(codec="av1")
+    with pytest.raises(ValueError, match="fps must be positive"):
+        EncodeSettings(fps=0)

@@ -1,0 +1,112 @@
+"""Weight averaging: uniform averages equal hand-computed ones; adaptive averaging learns alpha only."""
+import pytest
+import torch
+from torch import nn
+
+from ppma_scale.engine.averaging import AveragedTrunk, average_state_dicts, describe_weights
+
+
+class SmallTrunk(nn.Module):
+    """A stand-in trunk with a parameter-free buffer, a norm and a method other than forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 6)
+        self.norm = nn.LayerNorm(6)
+        self.register_buffer("offset", torch.arange(6.0))
+        self.embed_dim = 6
+
+    def forward_features(self, x):
+        return self.norm(self.proj(x)) + self.offset
+
+    def forward(self, x):
+        return self.forward_features(x).mean(dim=-1)
+
+
+def trunk_states(count: int) -> list[dict]:
+    states = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        states.append(SmallTrunk().state_dict())
+    return states
+
+
+def test_uniform_average_equals_hand_computed_mean():
+    a, b = trunk_states(2)
+    avg = average_state_dicts([a, b])
+    for key in a:
+        torch.testing.assert_close(avg[key], (a[key] + b[key]) / 2)
+
+
+def test_weighted_average_and_its_input_checks():
+    a, b, c = trunk_states(3)
+    avg = average_state_dicts([a, b, c], weights=[0.5, 0.25, 0.25])
+    torch.testing.assert_close(avg["proj.weight"], 0.5 * a["proj.weight"] + 0.25 * (b["proj.weight"] + c["proj.weight"]))
+    with pytest.raises(ValueError, match="sum to 1"):
+        average_state_dicts([a, b], weights=[0.5, 0.6])
+    with pytest.raises(ValueError, match="at least 2"):
+        average_state_dicts([a])
+    b_bad = dict(b, **{"proj.weight": torch.zeros(3, 3)})
+    with pytest.raises(ValueError, match=r"'proj.weight' has shape \(3, 3\)"):
+        average_state_dicts([a, b_bad])
+    with pytest.raises(ValueError, match="different keys"):
+        average_state_dicts([a, {k: v for k, v in b.items() if k != "norm.bias"}])
+
+
+def test_integer_tensors_must_agree():
+    a = {"w": torch.ones(2), "count": torch.tensor(3)}
+    b = {"w": torch.zeros(2), "count": torch.tensor(4)}
+    with pytest.raises(ValueError, match="non-float tensor 'count' differs"):
+        average_state_dicts([a, b])
+
+
+@pytest.mark.parametrize("mode", ["per_model", "per_tensor"])
+def test_adaptive_average_starts_uniform_and_learns_only_alpha(mode):
+    states = trunk_states(2)
+    trunk = AveragedTrunk(SmallTrunk(), states, mode=mode)
+    assert [name for name, _ in trunk.named_parameters()] == ["alpha"]
+    assert trunk.alpha.shape == ((2,) if mode == "per_model" else (len(trunk.param_names), 2))
+    assert trunk.embed_dim == 6  # plain attributes of the trunk read through
+
+    reference = SmallTrunk()
+    reference.load_state_dict(average_state_dicts(states))
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(trunk(x), reference(x))
+    torch.testing.assert_close(trunk.forward_features(x), reference.forward_features(x))
+
+    sources_before = [t.clone() for t in trunk.buffers()]
+    head = nn.Linear(6, 3)
+    optimizer = torch.optim.SGD([trunk.alpha, *head.parameters()], lr=0.5)
+    target = torch.randint(0, 3, (5,))
+    loss = nn.functional.cross_entropy(head(trunk.forward_features(x)), target)
+    loss.backward()
+    assert trunk.alpha.grad is not None and trunk.alpha.grad.abs().sum() > 0
+    optimizer.step()
+    assert not torch.equal(trunk.alpha.detach(), torch.zeros_like(trunk.alpha))
+    for before, after in zip(sources_before, trunk.buffers()):
+        assert torch.equal(before, after)  # the source trunks stay frozen
+
+
+def test_a_dominant_alpha_selects_one_source_and_materialize_exports_the_blend():
+    states = trunk_states(2)
+    trunk = AveragedTrunk(SmallTrunk(), states)
+    with torch.no_grad():
+        trunk.alpha.copy_(torch.tensor([0.0, 40.0]))
+    blended = trunk.blended_state_dict()
+    torch.testing.assert_close(blended["proj.weight"], states[1]["proj.weight"])
+    plain = trunk.materialize()
+    assert isinstance(plain, SmallTrunk)
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(plain(x), trunk(x))
+    weights = describe_weights(trunk, ["mae", "align"])
+    assert weights["align"][0] > 0.99
+
+
+def test_adaptive_average_input_errors():
+    a, b = trunk_states(2)
+    with pytest.raises(ValueError, match="at least 2 trunks"):
+        AveragedTrunk(SmallTrunk(), [a])
+    with pytest.raises(ValueError, match="runs/b lacks trunk parameters"):
+        AveragedTrunk(SmallTrunk(), [a, {"proj.weight": b["proj.weight"]}], source_names=["runs/a", "runs/b"])
+    with pytest.raises(ValueError, match="average_mode"):
+        AveragedTrunk(SmallTrunk(), [a, b], mode="per_layer")

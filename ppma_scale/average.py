@@ -24,6 +24,8 @@ def average_files(inputs: list[str], out: str | Path, weights: list[float] | Non
     if len(inputs) < 2:
         raise ValueError(f"give at least 2 checkpoints to average, got {len(inputs)}")
     states = [read_trunk(path).state if trunk_only else read_state_dict(path) for path in inputs]
+    if trunk_only:
+        states = _drop_unshared_final_norms(states)
     try:
         check_same_layout(states, names=inputs)
     except ValueError as exc:
@@ -37,6 +39,16 @@ def average_files(inputs: list[str], out: str | Path, weights: list[float] | Non
                 "weights": " ".join(str(w) for w in shown), "trunk_only": str(trunk_only)}
     save_file({k: v.contiguous() for k, v in averaged.items()}, str(out), metadata=metadata)
     return out
+
+
+def _drop_unshared_final_norms(states: list[dict]) -> list[dict]:
+    """An MAE's trunk ends in a norm that a classifier's trunk lacks (its head normalises instead);
+    blending the two keeps the tensors they share."""
+    shared = set.intersection(*(set(s) for s in states))
+    unshared = set.union(*(set(s) for s in states)) - shared
+    if unshared and all(key.startswith("norm.") for key in unshared):
+        return [{k: v for k, v in s.items() if k in shared} for s in states]
+    return states
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,6 +80,7 @@ class DatasetSpec:
     manifest: str = MISSING_VALUE  # path (or URL) of a manifest.json written by shards_tools.pack
     weight: float = 1.0
     name: Optional[str] = None  # defaults to the manifest's dataset name
+    shards: Optional[str] = None  # replaces the manifest's shard URLs in order: brace pattern or `pipe:` template
 
 
 @dataclass

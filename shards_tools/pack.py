@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import re
 import sys
@@ -95,6 +94,48 @@ def _manifest(entries: list[dict[str, Any]], dataset: str, names: list[str], set
                     rejected=[{"source": r["source"], "reason": r["reason"]} for r in rejected])
 
 
+class _SpanWriter:
+    """Cuts the ordered results into shards. Each finished shard becomes one journal entry covering
+    a span of input positions, with the inputs rejected inside that span."""
+
+    def __init__(self, output: Path, prefix: str, journal: Journal, entries: list[dict[str, Any]],
+                 max_samples: int, max_size: int | None):
+        self.output, self.prefix, self.journal, self.entries = output, prefix, journal, entries
+        self.max_samples, self.max_size = max_samples, max_size
+        self.shard: ShardFile | None = None
+        self.shard_number = sum(1 for e in entries if e["url"])
+        self.span_start = entries[-1]["end"] if entries else 0
+        self.rejected: list[dict[str, Any]] = []
+        self.rejected_count = sum(len(e["rejected"]) for e in entries)
+
+    def reject(self, item: SourceItem, reason: str) -> None:
+        self.rejected.append({"index": item.index, "source": item.source, "reason": reason})
+        self.rejected_count += 1
+
+    def add(self, position: int, sample: dict[str, Any], meta: dict[str, Any]) -> None:
+        size = sum(len(v) for k, v in sample.items() if k != "__key__") + TAR_OVERHEAD
+        if self.shard is not None and (self.shard.samples >= self.max_samples or
+                                       (self.max_size is not None and self.shard.size_with(size) > self.max_size)):
+            self._close_span(position)
+        if self.shard is None:
+            self.shard = ShardFile(self.output, f"{self.prefix}-{self.shard_number:06d}.tar")
+        self.shard.write(sample, meta["frames"], meta["duration"])
+
+    def finish(self, end: int) -> None:
+        if self.shard is not None or self.rejected or self.span_start < end:
+            self._close_span(end)
+
+    def _close_span(self, end: int) -> None:
+        info = {"url": None, "samples": 0, "bytes": 0, "sha256": "", "frames": 0, "seconds": 0.0}
+        if self.shard is not None:
+            info = self.shard.finish()
+            self.shard_number += 1
+        entry = {**info, "start": self.span_start, "end": end, "rejected": self.rejected}
+        self.journal.append(entry)
+        self.entries.append(entry)
+        self.shard, self.span_start, self.rejected = None, end, []
+
+
 def pack(source: str | Path, output: str | Path, *, root: str | Path | None = None,
          classes: str | Path | None = None, input_format: str = "auto", dataset: str | None = None,
          max_samples: int = 1000, max_size: int | str | None = "1GB", workers: int | None = None,
@@ -133,46 +174,21 @@ def pack(source: str | Path, output: str | Path, *, root: str | Path | None = No
     journal.start(entries)
     remove_unlisted_shards(output, prefix, keep={e["url"] for e in entries if e["url"]})
     position = entries[-1]["end"] if entries else 0
-    shard_number = sum(1 for e in entries if e["url"])
+    writer = _SpanWriter(output, prefix, journal, entries, max_samples, max_size)
     extension = video_extension(settings.codec)
     workers = workers or default_workers()
     started, packed = time.time(), 0
     bar = tqdm(total=len(ordered), initial=position, unit="file", disable=not progress, smoothing=0.05,
                dynamic_ncols=True, desc=f"pack {dataset}")
-    shard: ShardFile | None = None
-    span_start, rejected = position, []
-    rejected_before = sum(len(e["rejected"]) for e in entries)
-
-    def close_span(end: int) -> None:
-        nonlocal shard, shard_number, span_start, rejected, rejected_before
-        info = {"url": None, "samples": 0, "bytes": 0, "sha256": "", "frames": 0, "seconds": 0.0}
-        if shard is not None:
-            info = shard.finish()
-            shard_number += 1
-        entry = {**info, "start": span_start, "end": end, "rejected": rejected}
-        journal.append(entry)
-        entries.append(entry)
-        rejected_before += len(rejected)
-        shard, span_start, rejected = None, end, []
-
-    for offset, result in enumerate(encode_in_order(ordered[position:], settings, workers)):
-        here = position + offset
+    for here, result in enumerate(encode_in_order(ordered[position:], settings, workers), start=position):
         if result.reason is not None:
-            rejected.append({"index": result.item.index, "source": result.item.source, "reason": result.reason})
+            writer.reject(result.item, result.reason)
         else:
-            sample = _sample(result, dataset, names, extension)
-            size = len(result.data) + len(sample["json"]) + TAR_OVERHEAD
-            if shard is not None and (shard.samples >= max_samples or
-                                      (max_size is not None and shard.size_with(size) > max_size)):
-                close_span(here)
-            if shard is None:
-                shard = ShardFile(output, f"{prefix}-{shard_number:06d}.tar")
-            shard.write(sample, result.meta["frames"], result.meta["duration"])
+            writer.add(here, _sample(result, dataset, names, extension), result.meta)
             packed += 1
         bar.update(1)
-        bar.set_postfix(shards=shard_number, rejected=rejected_before + len(rejected), refresh=False)
-    if shard is not None or rejected or span_start < len(ordered):
-        close_span(len(ordered))
+        bar.set_postfix(shards=writer.shard_number, rejected=writer.rejected_count, refresh=False)
+    writer.finish(len(ordered))
     bar.close()
     manifest = _manifest(entries, dataset, names, {**options, "fingerprint": fingerprint, "source": str(source),
                                                    "workers": workers})

@@ -11,7 +11,6 @@ import io
 import math
 import re
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
 

@@ -41,8 +41,9 @@ class StreamContext:
     steps: int  # batches per rank per regular epoch
     clip: ClipSpec
     augment: TrainAugment
-    decoder: str  # 'pyav' | 'dali_cpu' | 'dali_mixed' (mixed: decoded in the main process)
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    decoder: str  # 'pyav' | 'dali_cpu' | 'dali_mixed'
+    decode_in_main: bool = False  # workers only read and pick frames; the main process decodes (GPU decode)
+    randaug: ClipRandAugment | None = None  # built in the main process: workers inherit timm, not import it
     max_unreadable_run: int = 10_000  # consecutive unreadable samples before giving up (all shards gone)
 
     @property
@@ -111,9 +112,8 @@ class _Consumer:
         expected = {u: n for d in ctx.datasets for u, n in zip(d.urls, d.counts)}
         self.reader = ShardReader(expected)
         self.passes = [DatasetPasses(d.counts, ctx.seed, i) for i, d in enumerate(ctx.datasets)]
-        self.decoder = None if ctx.decoder == "dali_mixed" else make_decoder(ctx.decoder, ctx.layout.batch)
-        self.randaug = ClipRandAugment(ctx.augment.randaugment, ctx.augment.img_size, ctx.mean) \
-            if ctx.augment.randaugment else None
+        self.decoder = None if ctx.decode_in_main else make_decoder(ctx.decoder, ctx.layout.batch)
+        self.randaug = ctx.randaug
         self.stats = Stats()
         self.unreadable_run = 0
 
@@ -164,6 +164,8 @@ class _Consumer:
             self.unreadable_run = 0
             try:
                 parsed = parse_sample(raw, ds, dataset)
+                if self.decoder is None:
+                    probe(parsed.data)  # decoding happens later, elsewhere: catch unreadable containers here
             except DecodeError as exc:
                 self.stats.fail(raw.get("__key__", "?"), ds.name, str(exc))
                 continue

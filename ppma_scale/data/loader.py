@@ -22,12 +22,12 @@ from torch.utils.data import DataLoader
 
 from ppma_scale.data.clips import ClipSpec
 from ppma_scale.data.consumer import ConsumerStream, StreamContext, fresh_cursor
-from ppma_scale.data.decode import choose_decoder, make_decoder
+from ppma_scale.data.decode import EncodedClip, choose_decoder, make_decoder
 from ppma_scale.data.evalstream import EvalStream, build_eval_stream  # noqa: F401 (CONTRACTS: loader offers both)
 from ppma_scale.data.schedule import EpochPlan, Layout, continue_plan, default_steps, make_plan, next_plan
 from ppma_scale.data.shards import open_sources
 from ppma_scale.data.stats import StatsLog
-from ppma_scale.data.transforms import TrainAugment, render_views, train_views
+from ppma_scale.data.transforms import ClipRandAugment, TrainAugment, render_views, train_views
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "ppma_scale.stream/1"
@@ -89,10 +89,10 @@ class TrainStream:
         return batch
 
     def _decode_on_device(self, batch: dict[str, Any]) -> torch.Tensor:
-        from ppma_scale.data.decode import EncodedClip
-
+        """Decode a batch of requests here (DALI mixed: on the GPU) and render views on the same device."""
         if self._main_decoder is None:
-            device_id = torch.device(self.device).index or 0
+            device = torch.device(self.device)
+            device_id = (device.index or 0) if device.type == "cuda" else None
             self._main_decoder = make_decoder(self.decoder, self.ctx.layout.batch, device_id=device_id, threads=2)
         encoded = batch.pop("__encoded__")
         rng = np.random.default_rng(batch.pop("__view_seed__"))
@@ -104,7 +104,8 @@ class TrainStream:
         for i, frames in enumerate(decoded):
             if isinstance(frames, Exception):  # already handed out: stand in another clip of the batch
                 key = batch["key"][i * aug.repeat]
-                self._log.merge({"decode_failures": 1, "failed": [{"key": key, "reason": str(frames)}]})
+                self._log.merge({"decode_failures": 1, "failed": [{"key": key, "reason": f"{frames} (replaced by "
+                                                                   "another clip of its batch)"}]})
                 frames = decoded[good[i % len(good)]]
             views.append(render_views(frames, train_views(frames.shape[1], frames.shape[2], aug, rng), aug.img_size))
         return torch.cat(views)
@@ -182,16 +183,17 @@ def build_train_stream(
     num_frames: int = 16, sampling: str = "window", stride: int = 4, window_s: float = 2.7,
     img_size: int = 224, short_side: int = 256, repeat_aug: int = 1, crop: str = "random_resized",
     scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (0.75, 1.3333), flip: bool = True,
-    randaugment: str | None = None, mean: Sequence[float] = (0.485, 0.456, 0.406),
+    randaugment: str | None = None, mean: Sequence[float] = (0.485, 0.456, 0.406),  # mean: RandAugment's fill
     decoder: str = "auto", device: str = "cpu", num_workers: int = 2, prefetch: int = 2,
     shuffle_buffer: int = 256, mix: str = "sample", steps_per_epoch: int | None = None,
     classes: str | Sequence[str] | None = None, require_labels: bool = False, allow_pipe: bool = False,
-    max_decode_failures: float = 0.01,
+    max_decode_failures: float = 0.01, decode_in_main: bool | None = None,
 ) -> TrainStream:
     """The training stream of one rank. `datasets`: manifest paths, dicts or SourceSpec-like objects
     (manifest, weight, name, shards). `device`: where training runs ('cpu', 'cuda:0'); it decides
     whether `decoder='auto'` may decode on the GPU. `require_labels`: classification (every
-    dataset class must be in the label space)."""
+    dataset class must be in the label space). `decode_in_main`: decode in the main process instead of
+    the workers; None = only for GPU decode (DALI mixed), which cannot run in forked workers."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} / world size {world_size} is not a valid placement")
     if micro_batch < 1:
@@ -214,6 +216,11 @@ def build_train_stream(
     on_gpu = torch.device(device).type == "cuda"
     kind, reason = choose_decoder(decoder, [s.codec for s in sets], on_gpu, needs_cpu_frames=bool(randaugment))
     log.info("data stream: decoder %s (%s)", kind, reason)
-    ctx = StreamContext(sets, layout, rank, seed, shuffle_buffer, steps, clip, augment, kind, tuple(mean))
+    in_main = kind == "dali_mixed" if decode_in_main is None else decode_in_main
+    if randaugment and in_main:
+        raise ValueError("augment.randaugment works on CPU frames in the workers; it cannot follow decoding "
+                         "in the main process (decode_in_main / GPU decode)")
+    randaug = ClipRandAugment(randaugment, img_size, mean) if randaugment else None
+    ctx = StreamContext(sets, layout, rank, seed, shuffle_buffer, steps, clip, augment, kind, in_main, randaug)
     return TrainStream(ctx, space, reason, num_workers, prefetch, pin_memory=on_gpu, device=device,
                        max_decode_failures=max_decode_failures)

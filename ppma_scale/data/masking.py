@@ -6,7 +6,7 @@
 - decoder mask (VideoMAE V2 running cell): the decoder reconstructs only part of the masked
   tokens. A 2x2 spatial cell keeps round(4 * (1 - decoder_ratio)) of its positions, and the kept
   positions shift by one every time step ("running"), so over time every position is covered.
-  Rows keep exactly round(num_masked * (1 - decoder_ratio)) masked tokens: the running-cell ones
+  Rows keep exactly num_masked - round(num_masked * decoder_ratio) (at least 1) masked tokens: the running-cell ones
   first, random ones to make the count exact (the model needs equal counts to batch).
 """
 from __future__ import annotations
@@ -56,9 +56,7 @@ def make_masks(kind: str, batch: int, grid: tuple[int, int, int], ratio: float, 
     if decoder_ratio == 0.0:
         return mask, None
     masked = int(mask[0].sum()) if batch else 0
-    kept = masked - _count(masked, decoder_ratio, "mae.decoder_mask_ratio")
-    if masked and kept < 1:
-        raise ValueError(f"mae.decoder_mask_ratio {decoder_ratio} leaves no masked token to reconstruct")
+    kept = min(masked, max(1, masked - _count(masked, decoder_ratio, "mae.decoder_mask_ratio")))
     # score: running-cell tokens first (0..1), other masked tokens next (1..2), visible tokens never (3)
     scores = torch.rand(batch, n, generator=generator, device=device)
     scores = scores + (~running_cell_keep((t, h, w), decoder_ratio, device)).float()

@@ -206,7 +206,7 @@ class BatchAugment:
 
     def __call__(self, video: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 (B, C, T, H, W) + int labels (B) -> normalised float video, targets (B, K) or (B)."""
-        from timm.data import RandomErasing
+        from timm.data.random_erasing import RandomErasing
         from timm.data.mixup import mixup_target
 
         x = normalize_video(video, self.mean, self.std)

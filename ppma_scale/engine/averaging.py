@@ -186,10 +186,10 @@ class _MethodCaller(nn.Module):
         return getattr(self.trunk, method)(*args, **kwargs)
 
 
-def describe_weights(trunk: AveragedTrunk, names: Iterable[str] | None = None) -> dict[str, list[float]]:
-    """The learned mixing weights, for the log: per model `{name: [w]}`, per tensor the mean over tensors."""
+def describe_weights(trunk: AveragedTrunk, names: Iterable[str] | None = None) -> dict[str, float]:
+    """The learned mixing weights, for the log: per model `{name: w}`; per tensor, the mean over tensors."""
     weights = trunk.mixing_weights().detach().cpu()
     if weights.dim() == 2:
         weights = weights.mean(dim=0)
     names = list(names) if names is not None else [f"trunk{i}" for i in range(trunk.num_sources)]
-    return {name: [round(float(w), 6)] for name, w in zip(names, weights)}
+    return {name: float(w) for name, w in zip(names, weights)}

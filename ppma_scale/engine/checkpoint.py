@@ -197,11 +197,17 @@ class CheckpointManager:
                 removed.append(path)
         return removed
 
-    def prepare_load(self, ckpt: Checkpoint) -> tuple[Path, str, bool]:
+    def prepare_load(self, ckpt: Checkpoint, zero_stage: int) -> tuple[Path, str, bool]:
         """(load_dir, tag, load_universal) for DeepSpeed; converts to a universal checkpoint when the
-        world size changed and the optimizer state is partitioned per rank."""
+        optimizer state is partitioned per rank and the world size or the ZeRO stage changed."""
+        if ckpt.zero_stage != zero_stage and 3 in (ckpt.zero_stage, zero_stage):
+            raise ValueError(f"{ckpt.path} was saved with ZeRO-{ckpt.zero_stage}; resuming it with "
+                             f"train.zero_stage={zero_stage} is not supported (DeepSpeed converts between "
+                             f"stages 0-2 only). Keep train.zero_stage={ckpt.zero_stage}, or export the weights "
+                             f"(python -m ppma_scale.export) and start a new run from them")
         partitioned = any(ckpt.path.glob("*zero_pp_rank_*_optim_states.pt"))
-        if ckpt.world_size == self.dist.world_size or not partitioned:
+        same_layout = ckpt.world_size == self.dist.world_size and ckpt.zero_stage == zero_stage
+        if same_layout or not partitioned:
             return ckpt.root, ckpt.tag, False
         target = ckpt.path / UNIVERSAL
         if self.dist.is_main and not (target / MARKER).is_file():

@@ -1,7 +1,7 @@
 """Multi-view evaluation: clips x crops per video, scores averaged per video, metrics over all ranks.
 
-The eval stream yields every video exactly once over all ranks (possibly as several batches of
-views); each rank sums softmax scores per video index, the sums are gathered once at the end, and
+The eval stream yields every video exactly once over all ranks, each as clips x crops views; each
+rank sums softmax scores per video index, the sums are gathered once at the end, and
 rank 0 computes top-1, top-5, mean per-class accuracy and the confusion matrix from the per-video
 averages. A video seen twice (on two ranks, or twice on one) is an error, not silently averaged,
 because it means the stream's split is wrong.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -118,24 +118,51 @@ def gather_results(local: dict) -> list[dict]:
     return parts
 
 
-@torch.no_grad()
-def run_evaluation(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[dict],
-                   num_classes: int, class_names: list[str] | None = None,
-                   out_file: str | Path | None = None, expected_videos: int | None = None) -> dict:
-    """Score every batch of views with `predict(video_uint8) -> logits`, merge over ranks, write JSON.
+def score_eval_batches(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[dict],
+                       views_per_forward: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(logits, labels, video index) per view, from eval-stream batches.
 
-    `batches` yield dicts with `video` (views, uint8 `N, C, T, H, W`), `label` `[N]` and `index` `[N]`.
-    Every rank must call this (the gather is a collective); rank 0 writes `out_file`.
+    A batch holds `video` uint8 (B, V, C, T, H, W) — V = clips x crops — with `label`, `index` and
+    `valid` (B,). Every row is scored, padding included, so every rank runs the same number of
+    forwards (ZeRO-3 gathers parameters inside them); padded rows are dropped afterwards.
+    """
+    for batch in batches:
+        video = batch["video"]
+        if video.dim() != 6:
+            raise ValueError(f"expected eval batches of shape (B, views, C, T, H, W), got {tuple(video.shape)}")
+        views = video.shape[1]
+        flat = video.flatten(0, 1)
+        with torch.no_grad():
+            logits = torch.cat([predict(chunk) for chunk in flat.split(max(1, views_per_forward))])
+        valid = torch.as_tensor(batch.get("valid", torch.ones(video.shape[0], dtype=torch.bool)))
+        keep = valid.repeat_interleave(views)
+        yield (logits[keep.to(logits.device)].float().cpu(),
+               torch.as_tensor(batch["label"]).repeat_interleave(views)[keep],
+               torch.as_tensor(batch["index"]).repeat_interleave(views)[keep])
+
+
+def run_evaluation(scored_views: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], num_classes: int,
+                   class_names: list[str] | None = None, out_file: str | Path | None = None,
+                   expected_videos: int | None = None, skipped: Callable[[], int] | None = None) -> dict:
+    """Merge scored views (see `score_eval_batches`) over ranks into metrics; rank 0 writes `out_file`.
+
+    Every rank must call this (the gather is a collective). `expected_videos` is the number of videos
+    in the eval manifests; with `skipped()` (this rank's unreadable or undecodable videos) the
+    evaluated and skipped videos must add up to it, or the split lost or repeated videos.
     """
     accumulator = ViewAccumulator(num_classes)
-    for batch in batches:
-        logits = predict(batch["video"])
-        accumulator.add(logits, torch.as_tensor(batch["label"]), torch.as_tensor(batch["index"]))
-    merged = merge_results(gather_results(accumulator.local_results()), num_classes)
+    for logits, labels, index in scored_views:
+        accumulator.add(logits, labels, index)
+    local = accumulator.local_results()
+    local["skipped"] = int(skipped()) if skipped is not None else 0
+    parts = gather_results(local)
+    merged = merge_results(parts, num_classes)
     metrics = classification_metrics(merged["scores"], merged["label"], num_classes)
+    metrics["skipped_videos"] = sum(part["skipped"] for part in parts)
     metrics["views_per_video"] = sorted(set(merged["views"]))
-    if expected_videos is not None and metrics["videos"] != expected_videos:
-        raise RuntimeError(f"evaluated {metrics['videos']} videos, the eval manifests hold {expected_videos}")
+    if expected_videos is not None and metrics["videos"] + metrics["skipped_videos"] != expected_videos:
+        raise RuntimeError(f"evaluated {metrics['videos']} videos and skipped {metrics['skipped_videos']}, but "
+                           f"the eval manifests hold {expected_videos}")
     if class_names is not None:
         metrics["class_names"] = list(class_names)
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -146,3 +173,8 @@ def run_evaluation(predict: Callable[[torch.Tensor], torch.Tensor], batches: Ite
         tmp.write_text(json.dumps(metrics, indent=1))
         tmp.replace(path)
     return metrics
+
+
+def headline(metrics: dict) -> dict[str, float]:
+    """The numbers worth a log line: top-1, top-5, mean per-class accuracy."""
+    return {k: round(float(metrics[k]), 4) for k in ("top1", "top5", "mean_class_acc") if k in metrics}

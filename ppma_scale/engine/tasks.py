@@ -155,7 +155,7 @@ def build_task(cfg: Config) -> Task:
 
 
 # Modules whose import registers more tasks (e.g. the classification stages); a missing one is skipped.
-TASK_MODULES: tuple[str, ...] = ()
+TASK_MODULES: tuple[str, ...] = ("ppma_scale.engine.classify",)
 
 
 def _import_known_tasks() -> None:

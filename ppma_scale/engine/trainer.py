@@ -132,7 +132,7 @@ class _Trainer:
         model = self.task.build_model(dist)
         self.flops_per_clip = self.task.flops_per_clip(model)
         groups = self.task.param_groups(model)
-        load = self.ckpts.prepare_load(ckpt) if ckpt is not None else None
+        load = self.ckpts.prepare_load(ckpt, cfg.train.zero_stage) if ckpt is not None else None
         self.ds_config = ds_config_for(cfg, dist.world_size, load_universal=bool(load and load[2]))
         optimizer = build_optimizer(groups, betas=cfg.optim.betas, eps=cfg.optim.eps, offload=cfg.train.offload,
                                     device=dist.device)

@@ -191,6 +191,14 @@ def load_trunk_weights(encoder: VideoViT, trunk: StateDict, layout: str = "ours"
     return report
 
 
+def init_trunk_from(encoder: VideoViT, source: str | Path | StateDict,
+                    source_grid: Optional[tuple[int, int, int]] = None) -> dict:
+    """Start `encoder` from a weights file or state dict in any known layout; returns the load report."""
+    state = source if isinstance(source, dict) else load_weights_file(source)
+    trunk, layout = to_trunk_state_dict(state)
+    return load_trunk_weights(encoder, trunk, layout, source_grid)
+
+
 def _adapt_pos(encoder: VideoViT, table: Optional[torch.Tensor], layout: str,
                source_grid: Optional[tuple[int, int, int]]) -> tuple[torch.Tensor, str]:
     """The position table to load, and what was done to get it."""

@@ -130,7 +130,7 @@ class VideoViT(nn.Module):
     def __init__(self, size: ViTSize, num_frames: int = 16, img_size: int = 224, tubelet: int = 2,
                  in_chans: int = 3, qkv_bias: bool = True, layer_scale: Optional[float] = None,
                  drop_path: float = 0.0, pos_embed: str = "sincos", final_norm: bool = True,
-                 act_checkpoint_every: int = 0, compile_blocks: bool = False) -> None:
+                 act_checkpoint_every: int = 0, compile_blocks: bool | dict = False) -> None:
         super().__init__()
         if pos_embed not in POS_EMBED_KINDS:
             raise ValueError(f"model.pos_embed must be one of {POS_EMBED_KINDS}, got {pos_embed!r}")
@@ -165,9 +165,9 @@ class VideoViT(nn.Module):
         if pos_embed == "learned":
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self._pos_cache: dict[tuple, torch.Tensor] = {}
-        if compile_blocks:
+        if compile_blocks:  # True, or torch.compile keyword arguments
             for block in self.blocks:
-                block.compile()
+                block.compile(**(compile_blocks if isinstance(compile_blocks, dict) else {}))
 
     def forward(self, video: torch.Tensor, visible_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Tokens of `video` (B, C, T, H, W); only those at `visible_idx` (B, Nv) when given."""

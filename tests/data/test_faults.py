@@ -100,5 +100,5 @@ def test_user_errors_name_the_setting(make_shards):
         stream([manifest], sampling="uniform")
     with pytest.raises(ValueError, match="augment.crop"):
         stream([manifest], crop="square")
-    with pytest.raises(ValueError, match="names repeat"):
+    with pytest.raises(ValueError, match="give each entry a distinct"):
         stream([manifest, manifest])

@@ -1,6 +1,7 @@
 """The training stream on real tars: batches, coverage, equal steps per rank, exact resume, mixing."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -67,8 +68,19 @@ def test_resume_continues_exactly_where_the_last_yielded_batch_left(make_shards)
     reference, _ = run_until([manifest], 12)  # 2 epochs of 6 steps
     for stop in (1, 4, 7):  # mid-cycle of the 2 workers, and inside the second epoch
         head, state = run_until([manifest], stop)  # the workers have prefetched beyond `stop`
+        assert json.loads(json.dumps(state)) == state  # plain data: fits any checkpoint
         tail, _ = run_until([manifest], 12 - stop, state=state)
         assert head + tail == reference
+
+
+def test_resume_of_a_per_batch_mix_with_views_and_randaugment(make_shards):
+    data = [str(make_shards("a", [6, 6])), {"manifest": str(make_shards("b", [4, 4])), "weight": 2.0}]
+    kw = dict(mix="batch", repeat_aug=2, randaugment="rand-m7-n2-mstd0.5", steps_per_epoch=5)
+    reference, _ = run_until(data, 8, **kw)
+    head, state = run_until(data, 3, **kw)
+    tail, _ = run_until(data, 5, state=state, **kw)
+    assert head + tail == reference
+    assert Counter(d for d, _ in reference[:10]) == {"a": 4, "b": 6}  # first epoch: 5 batches, weights 1:2
 
 
 def test_two_rank_resume_no_repeat_no_gap(make_shards):

@@ -25,13 +25,18 @@ CASES = [
 POISONED = 2  # ctx.step of the poisoned step: the step that brings the count from 2 to 3
 STOP_CASE = {"name": "stop", "train": {"zero_stage": 2, "precision": "bf16", "max_nonfinite": 3, "max_steps": 8},
              "poison": [1, 2, 3, 4, 5]}
+# Resuming with another ZeRO stage goes through a universal checkpoint (stages 0-2); ZeRO-3 is refused clearly.
+RESTAGE_CASES = [
+    {"name": "z2_to_z1", "resume_from": "z2_fp32", "train": {"zero_stage": 1, "precision": "fp32", "max_steps": 6}},
+    {"name": "z2_to_z3", "resume_from": "z2_fp32", "train": {"zero_stage": 3, "precision": "fp32", "max_steps": 6}},
+]
 
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
     out = tmp_path_factory.mktemp("engine_matrix")
     cases = [{**c, "train": {**c["train"], "max_steps": 4, "ckpt_every": 1}, "poison": [POISONED]} for c in CASES]
-    done = subprocess.run([sys.executable, str(WORKER), str(out), json.dumps(cases + [STOP_CASE])],
+    done = subprocess.run([sys.executable, str(WORKER), str(out), json.dumps(cases + [STOP_CASE] + RESTAGE_CASES)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return out
@@ -56,6 +61,17 @@ def test_poisoned_step_is_skipped_and_training_goes_on(matrix, case):
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert metrics[2]["loss"] is None and metrics[2]["skipped_steps"] == 1
     assert all(m["loss"] > 0 and m["grad_norm"] > 0 for m in metrics if m["step"] != 3)
+
+
+def test_resume_with_another_zero_stage(matrix):
+    outcome = json.loads((matrix / "z2_to_z1.json").read_text())
+    assert outcome["error"] is None and outcome["step"] == 6
+    events = read_jsonl(matrix / "z2_to_z1" / "events.jsonl")
+    assert [e["step"] for e in events if e["event"] == "resume"] == [4]
+    assert (matrix / "z2_fp32" / "checkpoints" / "step_00000004" / "universal" / "ppma_complete.json").is_file()
+    refused = json.loads((matrix / "z2_to_z3.json").read_text())
+    assert "saved with ZeRO-2; resuming it with train.zero_stage=3 is not supported" in refused["error"]
+    assert not (matrix / "z2_to_z3").exists()  # refused before anything was written
 
 
 def test_consecutive_nonfinite_steps_stop_the_run(matrix):

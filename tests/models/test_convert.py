@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import VideoMAEConfig, VideoMAEForVideoClassification, VideoMAEModel
 
 from ppma_scale.convert import main as convert_main
 from ppma_scale.models import MAE, VideoClassifier
 from ppma_scale.models import pos_embed as pe
-from ppma_scale.models.convert import (detect_layout, export_hf, load_trunk_weights, load_weights_file,
-                                       to_trunk_state_dict)
+from ppma_scale.models.convert import (detect_layout, export_hf, init_trunk_from, load_trunk_weights,
+                                       load_weights_file, to_trunk_state_dict)
 
 REPO = Path(__file__).resolve().parents[2]
 HF_GEOMETRY = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=192, image_size=32,
@@ -164,13 +165,14 @@ def test_export_refuses_what_transformers_cannot_compute(tmp_path, make_encoder)
         export_hf(VideoClassifier(make_encoder(pos_embed="sincos_1d"), 3, head="probe"), tmp_path / "c")
 
 
-def test_round_trip_of_our_own_checkpoints(make_encoder, clip):
+def test_round_trip_of_our_own_checkpoints(tmp_path, make_encoder, clip):
     torch.manual_seed(0)
     mae = MAE(make_encoder(layer_scale=0.3), decoder_depth=1)
     trunk, layout = to_trunk_state_dict({f"module.{k}": v for k, v in mae.state_dict().items()})
     assert layout == "ours" and not any(k.startswith(("decoder", "mask_token")) for k in trunk)
+    save_file(mae.state_dict(), tmp_path / "mae.safetensors")
     fresh = make_encoder(layer_scale=0.3)
-    load_trunk_weights(fresh, trunk, layout)
+    assert init_trunk_from(fresh, tmp_path / "mae.safetensors")["layout"] == "ours"
     torch.testing.assert_close(fresh(clip), mae.encoder(clip))
 
 

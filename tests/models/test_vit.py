@@ -193,3 +193,14 @@ def test_errors_name_the_problem(make_encoder):
         resolve_size("b", num_heads=7)
     with pytest.raises(ValueError, match="model.drop_path"):
         make_encoder(drop_path=1.5)
+
+
+def test_compiled_blocks_keep_keys_and_results(make_encoder, video):
+    """torch.compile of the blocks (here with the quick aot_eager backend), checkpointing on."""
+    torch.manual_seed(0)
+    plain = make_encoder(act_checkpoint_every=1)
+    compiled = make_encoder(act_checkpoint_every=1, compile_blocks={"backend": "aot_eager"})
+    compiled.load_state_dict(plain.state_dict())
+    assert list(compiled.state_dict()) == list(plain.state_dict())  # no `_orig_mod.` in the keys
+    assert all(block._compiled_call_impl is not None for block in compiled.blocks)
+    assert_same(forward_backward(plain, video), forward_backward(compiled, video), atol=1e-5)

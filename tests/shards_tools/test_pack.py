@@ -16,6 +16,7 @@ import pytest
 from ppma_scale.data.manifest import load_manifest
 from shards_tools import pack as pack_module
 from shards_tools.inputs import SourceItem
+from shards_tools.journal import Journal
 from shards_tools.pack import pack, parse_size, sample_key
 from shards_tools.parallel import CRASH_REASON, encode_in_order, encode_item
 from shards_tools.synth import render_corpus
@@ -115,11 +116,15 @@ def test_kill_minus_9_then_rerun_finishes_without_reencoding(tmp_path):
     job.send_signal(signal.SIGKILL)
     job.wait()
     assert not (out / "manifest.json").exists(), "the pack finished before it could be interrupted"
-    finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("shard-*.tar")}
-    assert finished
-    for name in finished:  # no partial shard is ever visible under a final name
-        with tarfile.open(out / name) as tar:
+    for path in out.glob("shard-*.tar"):  # no partial shard is ever visible under a final name
+        with tarfile.open(path) as tar:
             assert len(tar.getnames()) == 6
+    # shards the journal records as finished must survive the rerun untouched (one renamed just
+    # before the kill but not yet journaled may legitimately be redone)
+    journal = Journal(out, Journal(out, "").recorded_fingerprint())
+    finished = {e["url"]: ((out / e["url"]).stat().st_ino, (out / e["url"]).stat().st_mtime_ns)
+                for e in journal.entries()}
+    assert finished
     deadline = time.time() + 10  # orphaned encoders notice their parent is gone and exit
     while any(_running(pid) for pid in workers) and time.time() < deadline:
         time.sleep(0.05)

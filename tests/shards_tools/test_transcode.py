@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 
 import av
-import numpy as np
 import pytest
 
 from shards_tools.transcode import EncodeSettings, FrameRateResampler, Rejected, encode_source, output_size

@@ -9,6 +9,7 @@ from ppma_scale.engine.evaluate import (
     classification_metrics,
     merge_results,
     run_evaluation,
+    score_eval_batches,
 )
 
 
@@ -77,23 +78,26 @@ def test_merge_orders_videos_from_all_ranks():
     torch.testing.assert_close(merged["scores"][0], torch.tensor([0.0, 1.0]))
 
 
-def test_run_evaluation_writes_json_and_checks_the_video_count(tmp_path):
+def test_eval_batches_are_scored_per_view_and_padding_is_dropped(tmp_path):
     weights = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
 
     def predict(video):  # a fixed linear "model" on the mean pixel of two channels
+        assert video.dim() == 5 and video.shape[0] <= 3  # views arrive flattened, in chunks
         return video.float().mean(dim=(2, 3, 4)) @ weights
 
-    video = torch.zeros(4, 2, 2, 4, 4, dtype=torch.uint8)
-    video[:2, 0] = 200  # video 0's two views: channel 0 bright -> class 0
-    video[2:, 1] = 200  # video 1's two views: channel 1 bright -> class 1
-    batches = [{"video": video, "label": torch.tensor([0, 0, 1, 1]), "index": torch.tensor([0, 0, 1, 1])}]
+    video = torch.zeros(3, 2, 2, 2, 4, 4, dtype=torch.uint8)  # 3 rows x 2 views; row 2 is padding
+    video[0, :, 0] = 200  # video 0: channel 0 bright -> class 0
+    video[1, 0, 1] = 200  # video 1: one view says class 1 strongly, the other is neutral
+    batches = [{"video": video, "label": torch.tensor([0, 1, -1]), "index": torch.tensor([0, 1, -1]),
+                "valid": torch.tensor([True, True, False])}]
     out = tmp_path / "eval" / "results.json"
-    metrics = run_evaluation(predict, batches, num_classes=2, class_names=["a", "b"], out_file=out,
-                             expected_videos=2)
+    metrics = run_evaluation(score_eval_batches(predict, batches, views_per_forward=3), num_classes=2,
+                             class_names=["a", "b"], out_file=out, expected_videos=3, skipped=lambda: 1)
     assert metrics["top1"] == 100.0
+    assert metrics["videos"] == 2 and metrics["skipped_videos"] == 1
     assert metrics["views_per_video"] == [2]
     on_disk = json.loads(out.read_text())
     assert on_disk["confusion"] == [[1, 0], [0, 1]]
     assert on_disk["class_names"] == ["a", "b"]
-    with pytest.raises(RuntimeError, match="evaluated 2 videos, the eval manifests hold 3"):
-        run_evaluation(predict, batches, num_classes=2, expected_videos=3)
+    with pytest.raises(RuntimeError, match="evaluated 2 videos and skipped 0, but the eval manifests hold 3"):
+        run_evaluation(score_eval_batches(predict, batches, 3), num_classes=2, expected_videos=3)

@@ -22,11 +22,15 @@ for case in cases:
     cfg = toy_config(**case["train"])
     outcome = {"error": None}
     task = ToyTask(cfg, case.get("poison", ()))
+    resume = str(out / case["resume_from"]) if "resume_from" in case else "off"
     try:
-        result = run(cfg, out / case["name"], resume="off", task=task)
+        result = run(cfg, out / case["name"], resume=resume, task=task)
         outcome["step"] = result.step
-    except NonFiniteError as exc:
-        outcome["error"] = str(exc)
+    except (NonFiniteError, ValueError) as exc:
+        outcome["error"] = f"{type(exc).__name__}: {exc}"
+        if not hasattr(task, "engine"):  # failed before DeepSpeed started
+            (out / f"{case['name']}.json").write_text(json.dumps(outcome))
+            continue
     live = {}  # the engine's fp32 master weights at the end, gathered from whatever ZeRO keeps
     for name, param in task.engine.module.named_parameters():
         full = safe_get_full_fp32_param(param)

@@ -44,7 +44,8 @@ class ToyStream:
         return {"index": self.index}
 
     def load_state_dict(self, state):
-        self.index = state["index"]
+        states = state if isinstance(state, list) else [state]  # all saved ranks' states after a world-size change
+        self.index = states[0]["index"]
 
     def stats(self):
         return {"skipped": 0}

@@ -1,0 +1,374 @@
+"""GPU model benchmark, one self-contained run (< 6 min on an H100): builds, checks and times everything.
+
+1. FLOPs check: FlopCounterMode on the GPU against `flops_per_clip` (explicit attention: must match;
+   SDPA: reported, its fused backward recomputes the scores).
+2. SDPA backends (flash / efficient / cuDNN / math) on the attention shapes that matter: MAE decoder
+   and fine-tuning (1568 tokens), MAE encoder (157 tokens).
+3. ViT-L and ViT-H MAE training steps in bf16 (16x224, 90% masking, decoder per size), ours and the
+   eager explicit-attention baseline, activation checkpointing off and on, each at the largest
+   micro-batch that fits (doubling search): clips/s, TFLOP/s, MFU, peak memory.
+4. Ours on ViT-L with each SDPA backend forced; optionally (--compile) torch.compile'd blocks.
+
+Imports only torch (+ timm/einops through ppma_scale.models) and bench/model/eager_reference.py.
+Every configuration is time-boxed and survives OOM; results go to $OUT/model_bench.json after each
+configuration (partial results survive a timeout) and a table to stdout and $OUT/model_bench.txt.
+
+    PYTHONPATH=. python bench/gpu/model_bench.py            # on the GPU box
+    PYTHONPATH=. python bench/gpu/model_bench.py --smoke    # on a CPU: tiny model, a few steps
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO), str(REPO / "bench" / "model")]
+from eager_reference import EagerVideoMAE  # noqa: E402
+
+from ppma_scale.models import MAE, VideoViT, resolve_size, set_attention  # noqa: E402
+from ppma_scale.models.flops import flops_per_clip, mask_counts, peak_tflops  # noqa: E402
+
+BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+OOM = (torch.OutOfMemoryError,)
+
+
+class Bench:
+    """Shared settings, the clock, and the results file."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.start = time.monotonic()
+        self.out = Path(os.environ.get("OUT", "./.bench_out"))
+        self.out.mkdir(parents=True, exist_ok=True)
+        name = torch.cuda.get_device_name() if self.device.type == "cuda" else "cpu"
+        self.peak = args.peak or peak_tflops(name) or 989.0
+        self.results: dict = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
+                              "cudnn": torch.backends.cudnn.version() if self.device.type == "cuda" else None,
+                              "peak_tflops": self.peak, "args": vars(args), "flops_check": {}, "sdpa": [],
+                              "steps": [], "notes": []}
+
+    def left(self) -> float:
+        return self.args.budget_s - (time.monotonic() - self.start)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def save(self) -> None:
+        (self.out / "model_bench.json").write_text(json.dumps(self.results, indent=2, default=str))
+
+    def free(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_gb(self) -> float | None:
+        return torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else None
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def build(kind: str, size_name: str, frames: int, img: int, ckpt: bool, compile_blocks: bool = False):
+    size = resolve_size(size_name)
+    if kind == "ours":
+        encoder = VideoViT(size, num_frames=frames, img_size=img, act_checkpoint_every=int(ckpt),
+                           compile_blocks=compile_blocks)
+        return MAE(encoder, decoder_depth=4)
+    model = EagerVideoMAE(size.embed_dim, size.depth, size.num_heads, size.decoder_dim, size.decoder_heads,
+                          num_frames=frames, img_size=img, patch=size.patch_size, mlp_ratio=size.mlp_ratio)
+    model.checkpoint_blocks = ckpt
+    return model
+
+
+class MixedAdamW:
+    """bf16 model, fp32 master weights and AdamW states (what DeepSpeed's bf16 mode keeps)."""
+
+    def __init__(self, model: torch.nn.Module, fused: bool) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.master = [p.detach().float().clone() for p in self.params]
+        self.opt = torch.optim.AdamW(self.master, lr=1e-4, weight_decay=0.05, fused=fused)
+
+    def step(self) -> None:
+        for master, param in zip(self.master, self.params):
+            master.grad = param.grad.float()
+            param.grad = None
+        self.opt.step()
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, self.master)
+        for master in self.master:
+            master.grad = None
+
+
+def make_step(bench: Bench, kind: str, model, batch: int, ratio: float, backend: str | None):
+    """A closure running one training step on a fixed random batch."""
+    dev = bench.device
+    frames, img = bench.args.frames, bench.args.img
+    num_tokens = model.encoder.num_patches if kind == "ours" else model.pos.shape[1]
+    visible, _ = mask_counts(num_tokens, ratio)
+    mask = torch.argsort(torch.rand(batch, num_tokens), dim=1) >= visible  # CPU: ours checks it sync-free
+    video = torch.randn(batch, 3, frames, img, img, device=dev, dtype=torch.bfloat16)
+    optimizer = MixedAdamW(model, fused=dev.type == "cuda")
+    gpu_mask = mask.to(dev)
+    def context():  # a fresh context manager per step: they cannot be re-entered
+        return sdpa_kernel([BACKENDS[backend]]) if backend else nullcontext()
+
+    def step() -> None:
+        with context():
+            loss = model(video, mask)[0] if kind == "ours" else model(video, gpu_mask)
+            loss.backward()
+        optimizer.step()
+    return step
+
+
+def time_steps(bench: Bench, step, warmup: int, steps: int, deadline: float) -> tuple[float, int]:
+    for _ in range(warmup):
+        step()
+    bench.sync()
+    start, done = time.perf_counter(), 0
+    while done < steps and (done == 0 or time.monotonic() < deadline):
+        step()
+        done += 1
+    bench.sync()
+    return (time.perf_counter() - start) / done, done
+
+
+def largest_batch(bench: Bench, kind: str, model, ratio: float, backend: str | None, deadline: float) -> int:
+    """Doubling search (then one 1.5x probe) for the largest micro-batch whose step fits in memory."""
+
+    def fits(batch: int) -> bool:
+        try:
+            make_step(bench, kind, model, batch, ratio, backend)()
+            bench.sync()
+            return True
+        except OOM:
+            return False
+        finally:
+            model.zero_grad(set_to_none=True)
+            bench.free()
+
+    best, batch, out_of_memory = 0, bench.args.start_batch, False
+    while batch <= bench.args.max_batch and time.monotonic() < deadline:
+        if not fits(batch):
+            out_of_memory = True
+            break
+        best, batch = batch, batch * 2
+    if best and out_of_memory and time.monotonic() < deadline and fits(best * 3 // 2):
+        best = best * 3 // 2
+    return best
+
+
+def run_config(bench: Bench, kind: str, size: str, ckpt: bool, backend: str | None = None,
+               compile_blocks: bool = False, batch: int | None = None) -> dict:
+    a = bench.args
+    row = {"model": kind, "size": size, "ckpt": ckpt, "backend": backend or "default", "compile": compile_blocks}
+    if bench.left() < 10:
+        row["error"] = "skipped: out of time"
+        return row
+    deadline = time.monotonic() + min(a.config_s, bench.left() - 5)
+    model = None
+    try:
+        with bench.device:  # initialise on the GPU: ViT-H's random init takes seconds on a CPU
+            model = build(kind, size, a.frames, a.img, ckpt, compile_blocks)
+        model = model.to(torch.bfloat16).train()
+        with torch.device("meta"):  # model FLOPs of our architecture (the baseline has the same)
+            flops = flops_per_clip(build("ours", size, a.frames, a.img, False), 0.9)
+        batch = batch or largest_batch(bench, kind, model, 0.9, backend, deadline)
+        if not batch:
+            raise RuntimeError(f"batch {a.start_batch} does not fit")
+        row["batch"] = batch
+        bench.free()
+        step = make_step(bench, kind, model, batch, 0.9, backend)
+        seconds, done = time_steps(bench, step, a.warmup, a.steps, deadline)
+        clips = batch / seconds
+        row.update(step_ms=seconds * 1e3, timed_steps=done, clips_per_s=clips,
+                   tflops=flops * clips / 1e12, mfu=flops * clips / (bench.peak * 1e12),
+                   peak_gb=bench.peak_gb(), tflop_per_clip=flops / 1e12)
+    except Exception as exc:  # OOM at the first batch, unsupported backend, ...: record and go on
+        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    finally:
+        model = None
+        bench.free()
+    return row
+
+
+# ------------------------------------------------------------------------------- checks and kernels
+
+
+def flops_check(bench: Bench) -> dict:
+    """FlopCounterMode vs flops_per_clip for a ViT-L MAE step (2 clips) on this device."""
+    a = bench.args
+    out = {}
+    with bench.device:
+        model = build("ours", a.sizes[0], a.frames, a.img, False)
+    model = model.to(torch.bfloat16).train()
+    expected = flops_per_clip(model, 0.9)
+    for impl in ("math", "sdpa"):
+        set_attention(model, impl)
+        step = make_step(bench, "ours", model, 2, 0.9, None)
+        with FlopCounterMode(display=False) as counter:
+            step()
+        out[impl] = {"counted_per_clip": counter.get_total_flops() / 2, "analytic_per_clip": expected,
+                     "ratio": counter.get_total_flops() / 2 / expected}
+    model = None
+    bench.free()
+    return out
+
+
+def sdpa_shapes(size_name: str, batch: int, frames: int, img: int) -> dict[str, tuple[int, int, int, int]]:
+    size = resolve_size(size_name)
+    tokens = (frames // 2) * (img // size.patch_size) ** 2
+    visible, _ = mask_counts(tokens, 0.9)
+    return {"mae_decoder": (batch, size.decoder_heads, tokens, size.decoder_dim // size.decoder_heads),
+            "finetune": (max(1, batch // 8), size.num_heads, tokens, size.head_dim),
+            "mae_encoder": (batch, size.num_heads, visible, size.head_dim)}
+
+
+def sdpa_bench(bench: Bench) -> list[dict]:
+    """fwd+bwd time of each SDPA backend per shape; TFLOP/s counts 3x the forward matmuls."""
+    a = bench.args
+    rows = []
+    for shape_name, (b, h, n, d) in sdpa_shapes(a.sizes[0], a.sdpa_batch, a.frames, a.img).items():
+        q, k, v = (torch.randn(b, h, n, d, device=bench.device, dtype=torch.bfloat16, requires_grad=True)
+                   for _ in range(3))
+        flops = 3 * 4 * b * h * n * n * d
+        for name, backend in BACKENDS.items():
+            row = {"shape": shape_name, "bhnd": [b, h, n, d], "backend": name}
+            try:
+                with sdpa_kernel([backend]):
+                    def step():
+                        torch.nn.functional.scaled_dot_product_attention(q, k, v).sum().backward()
+                    seconds, _ = time_steps(bench, step, 2, a.sdpa_iters, time.monotonic() + 20)
+                row.update(ms=seconds * 1e3, tflops=flops / seconds / 1e12)
+            except Exception as exc:  # backend not available for this shape / device
+                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            rows.append(row)
+        q = k = v = None
+        bench.free()
+    return rows
+
+
+def compile_in_child(bench: Bench) -> dict:
+    """torch.compile'd blocks measured in a child process, so a slow compile cannot overrun the budget."""
+    a = bench.args
+    limit = int(bench.left() - 15)
+    if limit < 60:
+        return {"error": "skipped: out of time"}
+    cmd = [sys.executable, __file__, "--only-compile", "--sizes", a.sizes[0], "--frames", str(a.frames),
+           "--img", str(a.img), "--steps", str(a.steps), "--warmup", str(a.warmup), "--budget-s", str(limit),
+           "--config-s", str(limit - 5), "--max-batch", str(a.max_batch), "--start-batch", str(a.start_batch)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, env={**os.environ, "OUT": str(
+            bench.out / "compile")})
+        return json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else \
+            {"error": f"child failed: {done.stderr.strip().splitlines()[-1][:200] if done.stderr.strip() else '?'}"}
+    except subprocess.TimeoutExpired:
+        return {"error": f"compile + timing did not finish in {limit} s"}
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def table(results: dict) -> str:
+    lines = [f"device {results['device']}  torch {results['torch']}  cuda {results['cuda']}  "
+             f"cudnn {results['cudnn']}  peak {results['peak_tflops']} TFLOP/s (bf16 dense)"]
+    for impl, r in results["flops_check"].items():
+        lines.append(f"FLOPs check ({impl} attention): counted/analytic = {r['ratio']:.4f} "
+                     f"({r['analytic_per_clip'] / 1e12:.4f} TFLOP/clip analytic)")
+    lines.append(f"\n{'shape':12} {'b,h,n,d':18} {'backend':9} {'ms':>8} {'TFLOP/s':>8}")
+    for r in results["sdpa"]:
+        value = f"{r['ms']:8.2f} {r['tflops']:8.1f}" if "ms" in r else r["error"][:60]
+        lines.append(f"{r['shape']:12} {','.join(map(str, r['bhnd'])):18} {r['backend']:9} {value}")
+    lines.append(f"\n{'model':6} {'size':4} {'ckpt':5} {'sdpa':9} {'cmp':4} {'batch':>5} {'clips/s':>8} "
+                 f"{'TFLOP/s':>8} {'MFU':>6} {'peak GB':>8} {'step ms':>8}")
+    for r in results["steps"]:
+        head = f"{r['model']:6} {r['size']:4} {str(r['ckpt']):5} {r['backend']:9} {str(r['compile'])[0]:4}"
+        if "error" in r:
+            lines.append(f"{head} {r['error'][:80]}")
+        else:
+            peak = f"{r['peak_gb']:8.1f}" if r["peak_gb"] is not None else f"{'-':>8}"
+            lines.append(f"{head} {r['batch']:5d} {r['clips_per_s']:8.1f} {r['tflops']:8.1f} {r['mfu']:6.1%} "
+                         f"{peak} {r['step_ms']:8.1f}")
+    return "\n".join(lines + results["notes"])
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny model, few steps: a CPU check of this script")
+    p.add_argument("--sizes", nargs="+", default=["l", "h"])
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--img", type=int, default=224)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--start-batch", type=int, default=16)
+    p.add_argument("--max-batch", type=int, default=512)
+    p.add_argument("--budget-s", type=float, default=330.0, help="whole run")
+    p.add_argument("--config-s", type=float, default=40.0, help="per configuration (search + timing)")
+    p.add_argument("--sdpa-batch", type=int, default=64)
+    p.add_argument("--sdpa-iters", type=int, default=10)
+    p.add_argument("--peak", type=float, default=None, help="peak TFLOP/s for MFU (default: from the GPU name)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd blocks (child process)")
+    p.add_argument("--only-compile", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.sizes, args.frames, args.img = ["tiny"], 4, 32
+        args.warmup, args.steps, args.start_batch, args.max_batch = 1, 2, 2, 4
+        args.sdpa_batch, args.sdpa_iters, args.config_s = 4, 2, 30.0
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    bench = Bench(args)
+    if args.only_compile:
+        print(json.dumps(run_config(bench, "ours", args.sizes[0], False, compile_blocks=True)))
+        return
+    print(f"model_bench on {bench.results['device']} (budget {args.budget_s:.0f} s)", flush=True)
+    bench.results["flops_check"] = flops_check(bench)
+    bench.save()
+    bench.results["sdpa"] = sdpa_bench(bench)
+    bench.save()
+    print(f"[{time.monotonic() - bench.start:5.0f} s] checks and SDPA kernels done", flush=True)
+    for size in args.sizes:
+        for ckpt in (False, True):
+            for kind in ("ours", "eager"):
+                row = run_config(bench, kind, size, ckpt)
+                bench.results["steps"].append(row)
+                bench.save()
+                print(f"[{time.monotonic() - bench.start:5.0f} s] {row}", flush=True)
+    ours_l = next((r for r in bench.results["steps"] if r["model"] == "ours" and r["size"] == args.sizes[0]
+                   and not r["ckpt"] and "batch" in r), None)
+    for backend in ("flash", "cudnn", "efficient"):
+        row = run_config(bench, "ours", args.sizes[0], False, backend=backend,
+                         batch=ours_l["batch"] if ours_l else None)
+        bench.results["steps"].append(row)
+        bench.save()
+        print(f"[{time.monotonic() - bench.start:5.0f} s] {row}", flush=True)
+    if args.compile:
+        row = {"model": "ours", "size": args.sizes[0], "ckpt": False, "backend": "default", "compile": True,
+               **compile_in_child(bench)}
+        bench.results["steps"].append(row)
+        bench.save()
+    bench.results["elapsed_s"] = time.monotonic() - bench.start
+    bench.save()
+    text = table(bench.results)
+    (bench.out / "model_bench.txt").write_text(text + "\n")
+    print("\n" + text, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""The whole PPMA recipe on the demo corpora, after stage 1, ending in a linear-probe table.
+
+    python launch/demo_recipe.py --data demo_data --runs runs/demo    (runs stage 1 first if needed)
+
+`launch/demo.py` (what `make demo` runs) does stage 1 and then calls `run_after_stage1` here:
+1. render + pack the `synthetic` corpus (stick-figure "virtual humans") and the `downstream`
+   corpus (same actions, rendered differently; train + held-out val);
+2. stage 2, `launch/align.py --config configs/demo/align.yaml`: the stage-1 trunk classifies
+   synthetic + no-human clips over their shared label space (2 CPU ranks, ZeRO-2);
+3. `launch/linprobe.py --config configs/demo/linprobe.yaml` three times on `downstream` — a
+   randomly initialised trunk, the MAE-only trunk (stage 1), the PPMA trunk (stage 1 + 2) — each
+   frozen, features cached once, multi-view test on the val clips;
+4. prints (and writes to RUNS/results.md) the table of linear-probe accuracies.
+A stage whose run already finished is not run again, so a second call only reprints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "launch"))
+
+DOWNSTREAM_CORPUS = dict(num_classes=8, clips_per_class=32, frames=32, width=128, height=96, fps=15.0, seed=1,
+                         val_fraction=0.25)
+TRUNKS = (  # (row label, run name, where its weights come from: a stage run name or None = random)
+    ("random init (no pretraining)", "linprobe_random", None),
+    ("MAE only (stage 1 on nohuman)", "linprobe_mae", "mae"),
+    ("PPMA (MAE + align on synthetic)", "linprobe_ppma", "align"),
+)
+
+
+def prepare_downstream(data_dir: Path) -> tuple[Path, Path]:
+    """Render and pack the downstream corpus's train and val splits (reused when already packed)."""
+    from demo import DEMO_PACK
+    from shards_tools.pack import pack
+    from shards_tools.synth import render_corpus
+    manifests = tuple(data_dir / "shards" / f"downstream_{split}" / "manifest.json" for split in ("train", "val"))
+    if all(m.is_file() for m in manifests):
+        return manifests
+    workers = min(4, os.cpu_count() or 1)
+    print("[demo] rendering the downstream corpus ...", flush=True)
+    paths = render_corpus("downstream", data_dir / "corpora" / "downstream", workers=workers, **DOWNSTREAM_CORPUS)
+    for split, manifest in zip(("train", "val"), manifests):
+        pack(paths[split], manifest.parent, dataset="downstream", workers=workers, progress=False, **DEMO_PACK)
+    return manifests
+
+
+def finished(run_dir: Path) -> bool:
+    """True when the run's latest checkpoint is its last step (the stage need not run again)."""
+    from ppma_scale.engine.checkpoint import latest_checkpoint
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if ckpt is None:
+        return False
+    marker = json.loads((ckpt.path / "ppma_complete.json").read_text())
+    return ckpt.step >= int(marker.get("total_steps", ckpt.step + 1))
+
+
+def stage(script: str, config: str, run_dir: Path, overrides: list[str], ranks: int) -> float:
+    """Run one stage through deepspeed unless it already finished; its wall time in seconds."""
+    from demo import run_stage
+    if finished(run_dir):
+        print(f"[demo] {run_dir.name}: already finished, reusing it", flush=True)
+        return 0.0
+    start = time.perf_counter()
+    run_stage(script, config, run_dir, overrides, ranks)
+    return time.perf_counter() - start
+
+
+def final_eval(run_dir: Path) -> dict:
+    files = sorted((run_dir / "eval").glob("step_*.json"))
+    if not files:
+        raise SystemExit(f"[demo] {run_dir} has no evaluation results in eval/")
+    return json.loads(files[-1].read_text())
+
+
+def format_table(rows: list[tuple[str, dict]], views: int) -> str:
+    lines = ["| trunk (frozen, linear probe on `downstream`) | top-1 % | top-5 % | mean class % |",
+             "|---|---:|---:|---:|"]
+    for label, m in rows:
+        lines.append(f"| {label} | {m['top1']:.1f} | {m['top5']:.1f} | {m['mean_class_acc']:.1f} |")
+    videos = rows[0][1]["videos"]
+    lines.append(f"\n{videos} held-out videos x {views} views each (clips x crops, scores averaged per video); "
+                 f"chance = {100 / len(rows[0][1]['confusion']):.1f}%.")
+    return "\n".join(lines)
+
+
+def run_after_stage1(data_dir: Path, runs: Path, ranks: int, mae_dir: Path) -> str:
+    """Stages 2 and 3 of the demo after the stage-1 run in `mae_dir`; returns the table it printed."""
+    from demo import prepare_shards
+    timings = {}
+    synthetic = prepare_shards("synthetic", data_dir)
+    nohuman = data_dir / "shards" / "nohuman" / "manifest.json"
+    down_train, down_val = prepare_downstream(data_dir)
+    align_dir = runs / "align"
+    mix = f"data.train=[{{manifest: {synthetic}}}, {{manifest: {nohuman}}}]"
+    timings["align"] = stage("launch/align.py", "configs/demo/align.yaml", align_dir,
+                             [f"model.init={mae_dir}", mix], ranks)
+    sources = {"mae": mae_dir, "align": align_dir}
+    rows = []
+    for label, name, source in TRUNKS:
+        init = f"model.init={sources[source]}" if source else "model.init=null"
+        timings[name] = stage("launch/linprobe.py", "configs/demo/linprobe.yaml", runs / name,
+                              [init, f"data.train={down_train}", f"data.val={down_val}"], ranks)
+        rows.append((label, final_eval(runs / name)))
+    from ppma_scale.config import load_config
+    cfg = load_config(runs / TRUNKS[0][1] / "config.yaml")
+    table = format_table(rows, cfg.data.test_clips * cfg.data.test_crops)
+    spent = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items() if v)
+    print("\n[demo] linear probe of each trunk on the downstream corpus:\n\n" + table + "\n", flush=True)
+    if spent:
+        print(f"[demo] wall time of the stages run now: {spent}", flush=True)
+    (runs / "results.md").write_text(table + "\n")
+    print(f"[demo] table written to {runs / 'results.md'}; run directories under {runs}", flush=True)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("demo_data"), help="where corpora and shards go")
+    parser.add_argument("--runs", type=Path, default=Path("runs/demo"), help="where run directories go")
+    parser.add_argument("--ranks", type=int, default=2, help="CPU ranks (deepspeed --num_gpus)")
+    args = parser.parse_args(argv)
+    from demo import prepare_shards
+    data_dir, runs = args.data.resolve(), args.runs.resolve()
+    mae_dir = runs / "mae"
+    nohuman = prepare_shards("nohuman", data_dir)
+    stage("launch/pretrain.py", "configs/demo/pretrain.yaml", mae_dir, [f"data.train={nohuman}"], args.ranks)
+    run_after_stage1(data_dir, runs, args.ranks, mae_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+#!/usr/bin/env python
+"""Multi-view test of a classification run (clips x crops per video, scores averaged per video):
+top-1, top-5, mean per-class accuracy and the confusion matrix, as JSON in RUN_DIR/eval/.
+
+    python launch/evaluate.py RUN_DIR [data.val=/data/ucf101/test/manifest.json] [data.test_clips=5 ...]
+    deepspeed --num_gpus 8 launch/evaluate.py RUN_DIR --checkpoint RUN_DIR/checkpoints/step_00001000
+
+The run's own resolved config (RUN_DIR/config.yaml) is used unless --config names another.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout works without `pip install -e`
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launch/evaluate.py", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", type=Path, help="the classification run to test")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint to test (default: the run's latest)")
+    parser.add_argument("--config", type=Path, default=None, help="config (default: RUN_DIR/config.yaml)")
+    parser.add_argument("--out", default=None, help="metrics JSON (default: RUN_DIR/eval/test_<tag>.json)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    args = parser.parse_intermixed_args(argv)
+    from ppma_scale.config import ConfigError, load_config
+    from ppma_scale.engine.classify import evaluate_checkpoint
+    try:
+        cfg = load_config(args.config or args.run_dir / "config.yaml", args.overrides)
+        evaluate_checkpoint(cfg, args.checkpoint or args.run_dir, args.out)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"launch/evaluate.py: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,326 @@
+"""Classification tasks: `classify` (stage-2 align, downstream fine-tune) and `linprobe`.
+
+Both build a VideoClassifier whose trunk starts from `model.init` (a stage-1/2 run, checkpoint or
+weights file; decoder, mask token and heads dropped) or, with `model.average`, an AveragedTrunk
+blending several frozen trunks with learned softmax weights. `classify` trains everything with
+the stage-2 augmentation (RandAugment in the stream; cube erasing, mixup/cutmix and label
+smoothing on the device). `linprobe` freezes the trunk — it is left out of the optimizer and kept in
+eval mode, so its weights stay bit-identical — and, unless averaging, encodes the training videos
+once and trains its BatchNorm + linear head on the cached features. Both evaluate with clips x
+crops views per video and write the metrics as JSON in `RUN_DIR/eval/`.
+"""
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .dist import DistInfo
+from .evaluate import headline, run_evaluation, score_eval_batches
+from .param_groups import build_param_groups, no_weight_decay_names
+from .tasks import StepContext, Task, TrainStream, register_task
+
+log = logging.getLogger(__name__)
+
+
+def _say(dist: DistInfo | None, message: str) -> None:
+    """One line on rank 0's console (set-up facts a user should see before step 1)."""
+    log.info(message)
+    if dist is None or dist.is_main:
+        print(f"[{__name__.rsplit('.', 1)[-1]}] {message}", flush=True)
+
+
+def _check_source(key: str, path: str) -> None:
+    if not Path(path).expanduser().exists():
+        raise FileNotFoundError(f"{key}: {path} does not exist (expected a run directory, a checkpoint "
+                                "folder, or a .safetensors/.pt weights file)")
+
+
+@register_task("classify")
+class ClassifyTask(Task):
+    """Supervised classification of clips over the training manifests' shared label space."""
+
+    head = "linear"
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.classes: list[str] | None = None
+        self.averaged_from: list[str] = []
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def validate(self) -> None:
+        super().validate()
+        cfg = self.cfg
+        for index, spec in enumerate(cfg.data.val):
+            if "://" not in spec.manifest and not Path(spec.manifest).expanduser().exists():
+                raise FileNotFoundError(f"data.val[{index}].manifest: {spec.manifest} does not exist")
+        model = cfg.model
+        if model.init and model.average:
+            raise ValueError("model.init and model.average are both set: initialise from one trunk (init) or "
+                             "blend several (average), not both")
+        if model.init:
+            _check_source("model.init", model.init)
+        if model.average:
+            if len(model.average) < 2:
+                raise ValueError(f"model.average needs at least 2 trunks to blend, got {model.average}")
+            for i, path in enumerate(model.average):
+                _check_source(f"model.average[{i}]", path)
+        aug = cfg.augment
+        clips = cfg.train.micro_batch * cfg.data.repeat_aug
+        if (aug.mixup > 0 or aug.cutmix > 0) and self.uses_batch_augment() and clips % 2:
+            raise ValueError(f"mixup/cutmix pair clips within a batch: train.micro_batch x data.repeat_aug "
+                             f"= {clips} must be even (or set augment.mixup=0 augment.cutmix=0)")
+        self.label_space()
+
+    def uses_batch_augment(self) -> bool:
+        return True
+
+    def label_space(self) -> list[str]:
+        """Class names of the training mix (data.classes, else the union of the manifests' classes)."""
+        if self.classes is None:
+            from ..data.shards import open_sources
+            data = self.cfg.data
+            _, self.classes = open_sources(data.train, allow_pipe=data.allow_pipe, classes=data.classes,
+                                           require_labels=True)
+            wanted = self.cfg.model.num_classes
+            if wanted is not None and wanted != len(self.classes):
+                raise ValueError(f"model.num_classes is {wanted} but the training data's label space has "
+                                 f"{len(self.classes)} classes ({', '.join(self.classes[:6])}, ...): fix "
+                                 "model.num_classes or data.classes, or check data.train")
+        return self.classes
+
+    def build_model(self, dist: DistInfo) -> nn.Module:
+        from ..models import VideoClassifier, build_classifier, build_encoder
+        cfg = self.cfg
+        num_classes = len(self.label_space())
+        frames, size = cfg.data.num_frames, cfg.data.img_size
+        if cfg.model.average:
+            from .averaging import AveragedTrunk
+            from .pretrained import adapted_trunk_state
+            factory = partial(build_encoder, cfg.model, frames, size, final_norm=False)
+            states = []
+            for i, path in enumerate(cfg.model.average):
+                try:
+                    state, source = adapted_trunk_state(factory, path)
+                except ValueError as exc:
+                    raise ValueError(f"model.average[{i}]: {exc}") from None
+                states.append(state)
+                _say(dist, f"averaging source {i}: {source.describe()}")
+            trunk = AveragedTrunk(factory(), states, mode=cfg.model.average_mode, source_names=cfg.model.average)
+            self.averaged_from = list(cfg.model.average)
+            # the sources are frozen buffers; only alpha (and the head) train, whatever the head kind
+            model = VideoClassifier(trunk, num_classes, head=self.head, dropout=cfg.model.head_dropout,
+                                    freeze_encoder=False)
+        else:
+            model = build_classifier(cfg.model, frames, size, num_classes, head=self.head)
+            if cfg.model.init:
+                from .pretrained import init_trunk
+                try:
+                    source, report = init_trunk(model.encoder, cfg.model.init)
+                except ValueError as exc:
+                    raise ValueError(f"model.init: {exc}") from None
+                _say(dist, f"trunk from {source.describe()}; position table: {report['pos_embed']}"
+                     + (f"; filled {report['filled']}" if report["filled"] else ""))
+            else:
+                _say(dist, "model.init is not set: the trunk starts from random weights")
+        _say(dist, f"{num_classes} classes, head '{self.head}'")
+        return model
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """Layer decay over the trunk's blocks; none for a blended trunk (its only weight is alpha)."""
+        if not self.cfg.model.average:
+            return super().param_groups(model)
+        return build_param_groups(model.named_parameters(), self.cfg.optim.weight_decay,
+                                  no_weight_decay_names(model))
+
+    def build_train_stream(self, dist: DistInfo, engine: nn.Module) -> TrainStream:
+        from .data_args import build_stream_from_config
+        cfg, aug = self.cfg, self.cfg.augment
+        if self.uses_batch_augment():
+            from ..data.transforms import BatchAugment
+            self.augment = BatchAugment(len(self.label_space()), aug.mean, aug.std, mixup=aug.mixup,
+                                        cutmix=aug.cutmix, label_smoothing=aug.label_smoothing,
+                                        erase_prob=aug.erase_prob)
+        return build_stream_from_config(cfg, dist, require_labels=True)
+
+    def flops_per_clip(self, model: nn.Module) -> float | None:
+        from ..models.flops import flops_per_clip
+        if self.cfg.model.average:
+            return None  # the blend's cost is not a ViT's; MFU would mislead
+        return flops_per_clip(model, trunk_trainable=not getattr(model, "frozen_encoder", False))
+
+    # ---- per step -----------------------------------------------------------------------------
+    def loss(self, engine: nn.Module, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        video = batch["video"].to(ctx.device, non_blocking=True)
+        labels = batch["label"].to(ctx.device, non_blocking=True)
+        video, target = self.augment(video, labels)
+        logits = engine(video.to(ctx.dtype)).float()
+        return classification_loss(logits, target), {}
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    def evaluate(self, engine: nn.Module, ctx: StepContext) -> dict[str, float] | None:
+        if not self.cfg.data.val:
+            return None
+        was_training = engine.training
+        engine.eval()
+        try:
+            out = ctx.run_dir / "eval" / f"step_{ctx.step:08d}.json"
+            metrics = evaluate_classifier(self.cfg, ctx.dist, partial(self._predict, engine, ctx), out,
+                                          self.label_space())
+        finally:
+            engine.train(was_training)
+        results = headline(metrics)
+        if self.averaged_from:  # the learned blend, mean over tensors when per tensor
+            from .averaging import describe_weights
+            model = engine.module if hasattr(engine, "module") else engine
+            weights = describe_weights(model.encoder)
+            results.update({f"mix_{name}": w for name, w in weights.items()})
+        return results
+
+    def _predict(self, engine: nn.Module, ctx: StepContext, video: torch.Tensor) -> torch.Tensor:
+        from ..data.transforms import normalize_video
+        x = normalize_video(video.to(ctx.device, non_blocking=True), self.cfg.augment.mean, self.cfg.augment.std)
+        return engine(x.to(ctx.dtype))
+
+
+def classification_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against hard labels (B,) or soft targets (B, K) from mixup / label smoothing."""
+    if target.dim() == 2:
+        return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    return F.cross_entropy(logits, target)
+
+
+def evaluate_classifier(cfg, dist: DistInfo, predict, out_file: Path, classes: list[str]) -> dict:
+    """Multi-view evaluation of `predict(video_uint8) -> logits` on data.val over all ranks."""
+    from ..data.loader import build_eval_stream
+    from .data_args import skipped_samples
+    data = cfg.data
+    stream = build_eval_stream(
+        data.val, rank=dist.rank, world_size=dist.world_size, videos_per_batch=max(1, cfg.train.micro_batch // 2),
+        num_frames=data.num_frames, sampling=data.sampling, stride=data.stride, window_s=data.window_s,
+        img_size=data.img_size, short_side=data.short_side, test_clips=data.test_clips, test_crops=data.test_crops,
+        decoder=data.decoder, device=str(dist.device), num_workers=data.num_workers, prefetch=data.prefetch,
+        classes=classes, require_labels=True, allow_pipe=data.allow_pipe)
+    scored = score_eval_batches(predict, stream, views_per_forward=cfg.train.micro_batch)
+    return run_evaluation(scored, len(classes), class_names=classes, out_file=out_file,
+                          expected_videos=stream.num_videos, skipped=lambda: skipped_samples(stream.stats()))
+
+
+@register_task("linprobe")
+class LinearProbeTask(ClassifyTask):
+    """A frozen trunk with a BatchNorm + linear head; features cached unless the trunk is a learned blend."""
+
+    head = "probe"
+
+    def caches_features(self) -> bool:
+        return not self.cfg.model.average
+
+    def uses_batch_augment(self) -> bool:
+        return not self.caches_features()
+
+    def validate(self) -> None:
+        super().validate()
+        aug = self.cfg.augment
+        if self.caches_features() and (aug.mixup > 0 or aug.cutmix > 0 or aug.erase_prob > 0 or aug.randaugment):
+            raise ValueError("the linear probe caches one pass of features, so per-step augmentation cannot apply: "
+                             "set augment.randaugment=null augment.erase_prob=0 augment.mixup=0 augment.cutmix=0")
+
+    def build_train_stream(self, dist: DistInfo, engine: nn.Module) -> TrainStream:
+        if not self.caches_features():
+            return super().build_train_stream(dist, engine)
+        from .features import FeatureStream, extract_features, gather_features
+        cfg = self.cfg
+        model = engine.module if hasattr(engine, "module") else engine
+        model.eval()
+        stream = self._feature_pass_stream(dist)
+        _say(dist, f"encoding {stream.num_videos} training videos x {stream.views_per_video} views once with "
+                   "the frozen trunk ...")
+        local = extract_features(partial(self._features, model, dist), stream, cfg.train.micro_batch)
+        cache = gather_features(local)
+        _say(dist, f"feature cache: {tuple(cache['features'].shape)} (videos, views, dim)")
+        self.smoothing = cfg.augment.label_smoothing
+        return FeatureStream(cache["features"], cache["label"], dist, cfg.train.micro_batch, cfg.run.seed)
+
+    def _feature_pass_stream(self, dist: DistInfo):
+        from ..data.loader import build_eval_stream
+        data = self.cfg.data
+        return build_eval_stream(
+            data.train, rank=dist.rank, world_size=dist.world_size,
+            videos_per_batch=max(1, self.cfg.train.micro_batch // 2), num_frames=data.num_frames,
+            sampling=data.sampling, stride=data.stride, window_s=data.window_s, img_size=data.img_size,
+            short_side=data.short_side, test_clips=data.test_clips, test_crops=data.test_crops,
+            decoder=data.decoder, device=str(dist.device), num_workers=data.num_workers, prefetch=data.prefetch,
+            classes=self.label_space(), require_labels=True, allow_pipe=data.allow_pipe)
+
+    def _features(self, model: nn.Module, dist: DistInfo, video: torch.Tensor) -> torch.Tensor:
+        from ..data.transforms import normalize_video
+        x = normalize_video(video.to(dist.device, non_blocking=True), self.cfg.augment.mean, self.cfg.augment.std)
+        dtype = next(model.head.parameters()).dtype
+        return model.features(x.to(dtype))
+
+    def flops_per_clip(self, model: nn.Module) -> float | None:
+        return None if self.caches_features() else super().flops_per_clip(model)
+
+    def clips_in(self, batch: dict[str, Any]) -> int:
+        return int(batch["features"].shape[0] if "features" in batch else batch["video"].shape[0])
+
+    def loss(self, engine: nn.Module, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        if "features" not in batch:
+            return super().loss(engine, batch, ctx)
+        head = (engine.module if hasattr(engine, "module") else engine).head
+        logits = head(batch["features"].to(ctx.device, ctx.dtype, non_blocking=True)).float()
+        labels = batch["label"].to(ctx.device, non_blocking=True)
+        return F.cross_entropy(logits, labels, label_smoothing=self.smoothing), {}
+
+
+def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None = None) -> dict:
+    """Multi-view test of a classification run's checkpoint on data.val, on every rank of the job.
+
+    `checkpoint` is a run directory (its latest checkpoint), a checkpoints/ folder or one step_N
+    folder. The model is rebuilt from `cfg` (a blended trunk re-reads its sources, which checkpoints
+    do not duplicate) and loaded strictly. Rank 0 writes the metrics JSON (default:
+    RUN_DIR/eval/test_<tag>.json) and every rank returns them.
+    """
+    from . import dist as distmod
+    from .checkpoint import find_resume_checkpoint
+    from .tasks import build_task
+    if cfg.run.task not in ("classify", "linprobe"):
+        raise ValueError(f"run.task is {cfg.run.task!r}: only classification runs (classify, linprobe) can be "
+                         "evaluated")
+    if not cfg.data.val:
+        raise ValueError("data.val is empty: name the test manifests, e.g. data.val=/data/ucf101/test/manifest.json")
+    ckpt = find_resume_checkpoint(str(checkpoint), Path(checkpoint))
+    if ckpt is None:
+        raise FileNotFoundError(f"{checkpoint}: no complete checkpoint found")
+    cfg.model.init = None  # the checkpoint holds the whole model
+    task = build_task(cfg)
+    dist = distmod.init_distributed(cfg.train.dist_timeout_s)
+    try:
+        model = task.build_model(dist)
+        from ..export import consolidated_state_dict
+        state = consolidated_state_dict(ckpt)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"{ckpt.path} does not fit the model of this config: {exc}") from None
+        dtype = torch.bfloat16 if cfg.train.precision == "bf16" and dist.device.type == "cuda" else torch.float32
+        model.to(dist.device, dtype).eval()
+
+        def predict(video: torch.Tensor) -> torch.Tensor:
+            from ..data.transforms import normalize_video
+            x = normalize_video(video.to(dist.device), cfg.augment.mean, cfg.augment.std)
+            return model(x.to(dtype))
+
+        out = Path(out_file) if out_file else ckpt.root.parent / "eval" / f"test_{ckpt.tag}.json"
+        metrics = evaluate_classifier(cfg, dist, predict, out, task.label_space())
+        if dist.is_main:
+            print(f"[evaluate] {ckpt.path}: " + " ".join(f"{k} {v:.2f}" for k, v in headline(metrics).items())
+                  + f" over {metrics['videos']} videos x {metrics['views_per_video']} views -> {out}", flush=True)
+        return metrics
+    finally:
+        distmod.shutdown()

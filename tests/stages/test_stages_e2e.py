@@ -1,0 +1,161 @@
+"""Stages after stage 1, end to end through the real `deepspeed --num_gpus 2` launcher on CPU ranks.
+
+Three runs are shared by all assertions (each a few steps at test size, configs/demo/*_test.yaml):
+- align: stage 2 from an MAE's weights (decoder and mask token dropped) on synthetic + no-human;
+- linprobe: from the align run directory, features cached, trunk frozen;
+- finetune with adaptive averaging: the trunk blends the MAE and the aligned trunk, alpha learned.
+Then launch/evaluate.py re-tests the linear probe's checkpoint, and the average CLI blends two sources.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ppma_scale.config import load_config
+from ppma_scale.engine.dist import resolve_launch_env
+from ppma_scale.engine.pretrained import read_state_dict, read_trunk
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+DEMO = REPO / "configs" / "demo"
+
+pytestmark = pytest.mark.distributed
+
+
+def deepspeed(script: str, config: str, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    port = resolve_launch_env({})["MASTER_PORT"]
+    cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", port, str(REPO / "launch" / script),
+           "--config", str(DEMO / config), "--output", str(run_dir), *overrides]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return done
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def only_eval(run_dir: Path) -> dict:
+    (path,) = sorted((run_dir / "eval").glob("step_*.json"))
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("stages")
+
+
+@pytest.fixture(scope="module")
+def mae_weights(work) -> Path:
+    """A stage-1 model's weights as an exported file (random: the stage-1 runs are tests/e2e's)."""
+    from safetensors.torch import save_file
+    from ppma_scale.models import build_mae
+    cfg = load_config(DEMO / "pretrain_test.yaml", ["data.train=unused"])
+    torch.manual_seed(11)
+    mae = build_mae(cfg.model, cfg.mae, cfg.data.num_frames, cfg.data.img_size)
+    path = work / "mae.safetensors"
+    save_file({k: v.contiguous() for k, v in mae.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def align(work, tiny_shards, mae_weights) -> tuple[Path, str]:
+    run_dir = work / "align"
+    mix = f"[{{manifest: {tiny_shards['synthetic']}, weight: 2}}, {{manifest: {tiny_shards['nohuman']}}}]"
+    done = deepspeed("align.py", "align_test.yaml", run_dir, f"model.init={mae_weights}", f"data.train={mix}",
+                     f"data.val={tiny_shards['downstream_val']}")
+    return run_dir, done.stdout
+
+
+@pytest.fixture(scope="module")
+def linprobe(work, tiny_shards, align) -> tuple[Path, str]:
+    run_dir = work / "linprobe"
+    done = deepspeed("linprobe.py", "linprobe_test.yaml", run_dir, f"model.init={align[0]}",
+                     f"data.train={tiny_shards['downstream_train']}", f"data.val={tiny_shards['downstream_val']}")
+    return run_dir, done.stdout
+
+
+@pytest.fixture(scope="module")
+def averaged(work, tiny_shards, align, mae_weights) -> tuple[Path, str]:
+    run_dir = work / "averaged"
+    done = deepspeed("finetune.py", "finetune_test.yaml", run_dir, "model.init=null",
+                     f"model.average=[{mae_weights}, {align[0]}]", f"data.train={tiny_shards['downstream_train']}",
+                     f"data.val={tiny_shards['downstream_val']}")
+    return run_dir, done.stdout
+
+
+def test_align_starts_from_the_mae_trunk_and_evaluates_every_video_once(align, mae_weights):
+    run_dir, stdout = align
+    assert "dropped" in stdout and "decoder_blocks" in stdout and "mask_token" in stdout
+    assert "4 classes, head 'linear'" in stdout
+    assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, 7))
+    resolved = load_config(run_dir / "config.yaml")
+    assert resolved.optim.layer_decay == 0.75 and resolved.model.drop_path == 0.1
+    assert resolved.augment.mixup == 0.8 and resolved.augment.randaugment == "rand-m7-n4-mstd0.5-inc1"
+    mae, aligned = read_trunk(mae_weights).state, read_trunk(run_dir).state
+    assert mae.keys() >= aligned.keys()  # the MAE's final norm is the only trunk tensor the classifier lacks
+    drift = max((aligned[k] - mae[k]).abs().max().item() for k in aligned)
+    assert 0 < drift < 0.05  # trained a little, from the MAE's weights (random ones differ by ~0.1 or more)
+    metrics = only_eval(run_dir)
+    assert metrics["videos"] == 8 and metrics["skipped_videos"] == 0 and metrics["views_per_video"] == [2]
+    assert sum(map(sum, metrics["confusion"])) == 8 and len(metrics["confusion"]) == 4
+    assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
+    events = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "eval"]
+    assert events and events[-1]["top1"] == pytest.approx(metrics["top1"])
+
+
+def test_linear_probe_keeps_the_trunk_bit_identical(linprobe, align):
+    run_dir, stdout = linprobe
+    assert "feature cache: (16, 2, 32)" in stdout  # 16 training videos x 2 views, encoded once
+    before = read_state_dict(align[0])
+    after = read_state_dict(run_dir)
+    trunk_keys = [k for k in after if k.startswith("encoder.")]
+    assert len(trunk_keys) == len([k for k in before if k.startswith("encoder.")]) > 10
+    for key in trunk_keys:
+        assert torch.equal(after[key], before[key]), key
+    assert not torch.equal(after["head.fc.weight"][:, :4], torch.zeros(4, 4))
+    losses = [m["loss"] for m in read_jsonl(run_dir / "metrics.jsonl")]
+    assert len(losses) == 6 and all(0 < loss < 10 for loss in losses)
+
+
+def test_evaluate_launcher_reproduces_the_runs_own_test(linprobe):
+    run_dir, _ = linprobe
+    done = subprocess.run([sys.executable, str(REPO / "launch" / "evaluate.py"), str(run_dir)], capture_output=True,
+                          text=True, timeout=180, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    standalone = json.loads((run_dir / "eval" / "test_step_00000006.json").read_text())
+    in_training = only_eval(run_dir)
+    assert standalone["confusion"] == in_training["confusion"]
+    assert standalone["top1"] == pytest.approx(in_training["top1"])
+    assert standalone["mean_class_acc"] == pytest.approx(in_training["mean_class_acc"])
+
+
+def test_adaptive_averaging_learns_alpha_and_stores_no_trunk_copies(averaged):
+    run_dir, stdout = averaged
+    assert stdout.count("averaging source") == 2
+    state = read_state_dict(run_dir)
+    assert {k for k in state if k.startswith("encoder.")} == {"encoder.alpha"}  # sources are re-read, not saved
+    alpha = state["encoder.alpha"]
+    assert alpha.shape == (2,) and alpha.abs().max() > 0  # started at 0 (uniform): the gradient reached it
+    event = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "eval"][-1]
+    weights = torch.softmax(alpha, 0)
+    assert event["mix_trunk0"] == pytest.approx(weights[0].item(), abs=1e-4)
+
+
+def test_average_cli_equals_a_hand_computed_average(work, mae_weights, align):
+    from ppma_scale.average import main
+    out = work / "soup.safetensors"
+    assert main([str(mae_weights), str(align[0]), "--trunk", "--out", str(out)]) == 0
+    soup = read_state_dict(out)
+    a, b = read_trunk(mae_weights).state, read_trunk(align[0]).state
+    shared = a.keys() & b.keys()
+    assert soup.keys() == shared and a.keys() - shared == {"norm.weight", "norm.bias"}  # MAE's final norm
+    for key in shared:
+        assert torch.equal(soup[key], (a[key].double() * 0.5 + b[key].double() * 0.5).float()), key

@@ -49,7 +49,7 @@ def convert(args: argparse.Namespace) -> dict:
 
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(out), metadata={"format": "pt"})
+        save_file({k: v.clone() for k, v in encoder.state_dict().items()}, str(out), metadata={"format": "pt"})
     else:
         head = linear_head_state_dict(state, layout)
         model = encoder

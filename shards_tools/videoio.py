@@ -10,6 +10,7 @@ from fractions import Fraction
 
 import av
 import numpy as np
+from av.video.frame import PictureType
 
 # codec name -> (FFmpeg encoder, container format, file extension used in shards)
 CODECS = {
@@ -25,7 +26,8 @@ def encoder_options(codec: str, crf: int, gop: int, preset: str, threads: int) -
     if codec == "h264":
         # fixed keyframe interval, no scene-cut keyframes, no B-frames (decode order == display order)
         params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0"
-        return {"crf": str(crf), "preset": preset, "x264-params": params, "threads": str(threads)}
+        # a53cc=0: closed captions riding on source frames are not copied into training clips
+        return {"crf": str(crf), "preset": preset, "x264-params": params, "threads": str(threads), "a53cc": "0"}
     return {"crf": str(crf), "g": str(gop), "b:v": "0", "deadline": "realtime",
             "cpu-used": "8", "row-mt": "1", "threads": str(threads)}
 
@@ -61,8 +63,10 @@ class VideoWriter:
             raise ValueError(f"frame is {frame.width}x{frame.height}, writer expects {self.width}x{self.height}")
         if frame.format.name != PIX_FMT:
             frame = frame.reformat(format=PIX_FMT)
-        # constant frame rate: frame i is shown at i / fps, whatever timestamps the source had
+        # constant frame rate: frame i is shown at i / fps, whatever timestamps the source had; a
+        # decoded source frame's picture type would force the encoder's (I where the source had I)
         frame.pts, frame.time_base = self.frames, 1 / self._rate
+        frame.pict_type = PictureType.NONE
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
         self.frames += 1

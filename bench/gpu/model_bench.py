@@ -118,8 +118,9 @@ def make_step(bench: Bench, kind: str, model, batch: int, ratio: float, backend:
     """A closure running one training step on a fixed random batch."""
     dev = bench.device
     frames, img = bench.args.frames, bench.args.img
-    num_tokens = model.encoder.num_patches if kind == "ours" else model.pos.shape[1]
-    visible, _ = mask_counts(num_tokens, ratio)
+    grid = model.encoder.grid if kind == "ours" else model.grid
+    num_tokens = grid[0] * grid[1] * grid[2]
+    visible, _ = mask_counts(grid, ratio)
     mask = torch.argsort(torch.rand(batch, num_tokens), dim=1) >= visible  # CPU: ours checks it sync-free
     video = torch.randn(batch, 3, frames, img, img, device=dev, dtype=torch.bfloat16)
     optimizer = MixedAdamW(model, fused=dev.type == "cuda")
@@ -231,8 +232,9 @@ def flops_check(bench: Bench) -> dict:
 
 def sdpa_shapes(size_name: str, batch: int, frames: int, img: int) -> dict[str, tuple[int, int, int, int]]:
     size = resolve_size(size_name)
-    tokens = (frames // 2) * (img // size.patch_size) ** 2
-    visible, _ = mask_counts(tokens, 0.9)
+    grid = (frames // 2, img // size.patch_size, img // size.patch_size)
+    tokens = grid[0] * grid[1] * grid[2]
+    visible, _ = mask_counts(grid, 0.9)
     return {"mae_decoder": (batch, size.decoder_heads, tokens, size.decoder_dim // size.decoder_heads),
             "finetune": (max(1, batch // 8), size.num_heads, tokens, size.head_dim),
             "mae_encoder": (batch, size.num_heads, visible, size.head_dim)}

@@ -60,7 +60,8 @@ class EagerVideoMAE(nn.Module):
                  mlp_ratio: float = 4.0) -> None:
         super().__init__()
         self.patch, self.tubelet = patch, tubelet
-        num_tokens = (num_frames // tubelet) * (img_size // patch) ** 2
+        self.grid = (num_frames // tubelet, img_size // patch, img_size // patch)
+        num_tokens = self.grid[0] * self.grid[1] * self.grid[2]
         self.patch_embed = nn.Conv3d(3, dim, (tubelet, patch, patch), (tubelet, patch, patch))
         self.register_buffer("pos", flat_sincos(num_tokens, dim), persistent=False)
         self.register_buffer("decoder_pos", flat_sincos(num_tokens, decoder_dim), persistent=False)

@@ -21,7 +21,7 @@ from ppma_scale.data.decode import DecodeError, EncodedClip, make_decoder, probe
 from ppma_scale.data.manifest import SAMPLE_VIDEO_EXTENSIONS
 from ppma_scale.data.schedule import (DatasetPasses, EpochPlan, Layout, next_plan, quotas, segment_order,
                                       slot_datasets, worker_steps)
-from ppma_scale.data.shards import ShardSet
+from ppma_scale.data.shards import ShardSet, is_local
 from ppma_scale.data.stats import Stats
 from ppma_scale.data.tarread import Sample, ShardReader
 from ppma_scale.data.transforms import ClipRandAugment, TrainAugment, render_views, train_views
@@ -116,6 +116,8 @@ class _Consumer:
         self.randaug = ctx.randaug
         self.stats = Stats()
         self.unreadable_run = 0
+        self.streamed = [not all(is_local(u) for u in d.urls) for d in ctx.datasets]
+        self.read_ahead: dict[int, tuple] = {}  # dataset -> (its segment order's key, block) read ahead
 
     def batches(self, plan: EpochPlan, cursor: dict[str, Any]) -> Iterator[dict[str, Any]]:
         ctx, layout = self.ctx, self.ctx.layout
@@ -150,6 +152,8 @@ class _Consumer:
         """The next readable, parseable sample of `dataset` from this consumer's segment."""
         ds = self.ctx.datasets[dataset]
         while True:
+            if self.streamed[dataset]:
+                self._read_block_ahead(dataset, orders[dataset], taken[dataset])
             position = orders[dataset].position(taken[dataset])
             taken[dataset] += 1
             shard, index = self.passes[dataset].locate(position)
@@ -171,6 +175,17 @@ class _Consumer:
                 continue
             indices = train_indices(self.ctx.clip, parsed.frames, parsed.fps, rng)
             return parsed, EncodedClip(parsed.data, indices, parsed.key)
+
+    def _read_block_ahead(self, dataset: int, order, k: int) -> None:
+        """From a stream, read the rest of take k's shuffle block at once, in file order."""
+        block = (k % order.length) // order.block
+        if self.read_ahead.get(dataset) == (order.key, block):
+            return
+        self.read_ahead[dataset] = (order.key, block)
+        end = min((block + 1) * order.block, order.length)
+        urls = self.ctx.datasets[dataset].urls
+        located = [self.passes[dataset].locate(order.position(j)) for j in range(k % order.length, end)]
+        self.reader.prefetch([(urls[shard], index) for shard, index in located], group=dataset)
 
     def _batch(self, wanted: list[int], orders, taken: list[int], rng: np.random.Generator) -> dict[str, Any]:
         aug = self.ctx.augment

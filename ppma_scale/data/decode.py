@@ -4,21 +4,19 @@ Backends:
 - `pyav`: FFmpeg through PyAV on the CPU. Seeks to the keyframe before the first needed frame,
   decodes forwards only until the last needed one, and converts to RGB only the frames kept.
 - `dali_cpu` / `dali_mixed`: DALI's `fn.decoders.video` (see `dali.py`), fed by our stream; the
-  CPU backend decodes VP8/VP9/MJPEG only, the mixed backend uses NVDEC on a GPU.
+  CPU backend decodes VP8/VP9/MJPEG only (and, in DALI 2.4, from the start of the stream rather
+  than from a keyframe, so `auto` prefers PyAV on CPUs), the mixed backend uses NVDEC on a GPU.
 
 `choose_decoder` turns `data.decoder: auto|dali|pyav` into one of these and says why.
 """
 from __future__ import annotations
 
 import io
-import logging
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import av
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 DALI_CPU_CODECS = {"vp8", "vp9", "mjpeg"}  # what DALI's CPU video decoder accepts (PITFALLS.md)
 
@@ -166,10 +164,10 @@ def choose_decoder(requested: str, codecs: Sequence[str | None], on_gpu: bool,
                          "Use data.decoder=pyav or auto" + (", or drop augment.randaugment" if needs_cpu_frames else ""))
     if on_gpu and dali_available() and not needs_cpu_frames:
         return "dali_mixed", "auto: GPU present and DALI installed -> DALI mixed (NVDEC)"
-    if cpu_ok and dali_available():
-        return "dali_cpu", "auto: no GPU decode; VP9/VP8/MJPEG shards and DALI installed -> DALI cpu"
+    # DALI's CPU decoder decodes from the stream start instead of seeking (DALI 2.4), so PyAV is
+    # faster for training clips even on VP9 shards (bench/data/RESULTS.md)
     why = "RandAugment needs CPU frames" if needs_cpu_frames and on_gpu else \
-        "no GPU" if not on_gpu else "DALI not installed"
+        "DALI not installed" if on_gpu else "no GPU decode"
     return "pyav", f"auto: {why} -> PyAV"
 
 

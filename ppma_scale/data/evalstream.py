@@ -12,6 +12,7 @@ and is counted and named in `stats()`.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -27,6 +28,8 @@ from ppma_scale.data.shards import ShardSet, open_sources
 from ppma_scale.data.stats import Stats, StatsLog
 from ppma_scale.data.tarread import ShardReader
 from ppma_scale.data.transforms import render_views, test_boxes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -178,6 +181,7 @@ def build_eval_stream(
         if decoder != "dali":
             raise
         kind, reason = "pyav", "evaluation decodes on the CPU and DALI's CPU decoder cannot read these shards"
+    log.info("eval stream: decoder %s (%s)", kind, reason)
     ctx = EvalContext(sets, rank, world_size, videos_per_batch,
                       ClipSpec(num_frames, sampling, stride, window_s), test_clips, test_crops, img_size, short_side,
                       kind)

@@ -16,18 +16,18 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from ppma_scale.data.clips import ClipSpec
 from ppma_scale.data.consumer import ConsumerStream, StreamContext, fresh_cursor
-from ppma_scale.data.decode import EncodedClip, choose_decoder, make_decoder
+from ppma_scale.data.decode import choose_decoder
 from ppma_scale.data.evalstream import EvalStream, build_eval_stream  # noqa: F401 (CONTRACTS: loader offers both)
 from ppma_scale.data.schedule import EpochPlan, Layout, continue_plan, default_steps, make_plan, next_plan
 from ppma_scale.data.shards import open_sources
 from ppma_scale.data.stats import StatsLog
-from ppma_scale.data.transforms import ClipRandAugment, TrainAugment, render_views, train_views
+from ppma_scale.data.maindecode import MainProcessDecoder, run_ahead
+from ppma_scale.data.transforms import ClipRandAugment, TrainAugment
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "ppma_scale.stream/1"
@@ -49,7 +49,6 @@ class TrainStream:
         self._step = 0
         self._cursors = [fresh_cursor(self._plan) for _ in range(ctx.layout.workers)]
         self._log = StatsLog(ctx.decoder, max_decode_failures)
-        self._main_decoder = None
 
     # ----------------------------------------------------------------------------------- iteration
     @property
@@ -67,48 +66,26 @@ class TrainStream:
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
                             prefetch_factor=self.prefetch if self.num_workers else None,
                             pin_memory=self.pin_memory)
+        items: Iterator[dict[str, Any]] = iter(loader)
+        if self.ctx.decode_in_main:
+            decode = MainProcessDecoder(self.decoder, self.ctx.layout.batch, self.device, self.ctx.augment)
+            items = run_ahead(items, decode, depth=max(1, self.prefetch))
         pending: dict[int, dict[str, Any]] = {}
-        for item in loader:
+        for item in items:
             pending[item.pop("__step__")] = item
             while self._step in pending:  # workers' round robin may start mid-cycle after a resume
                 batch = pending.pop(self._step)
                 self._account(batch)
-                yield self._finish(batch)
+                yield batch
 
     def _account(self, batch: dict[str, Any]) -> None:
+        """This batch is handed to training now: its worker's cursor and statistics become ours."""
         worker = batch.pop("__worker__")
         self._cursors[worker] = batch.pop("__cursor__")
         self._log.merge(batch.pop("__stats__"))
         self._step += 1
         if self._step >= self._plan.end_step:
             self._plan = next_plan(self._plan, self.ctx.steps, self.ctx.sizes, self.ctx.weights, self.ctx.layout)
-
-    def _finish(self, batch: dict[str, Any]) -> dict[str, Any]:
-        if "__encoded__" in batch:  # GPU decode: DALI mixed in this process, views on the same device
-            batch["video"] = self._decode_on_device(batch)
-        return batch
-
-    def _decode_on_device(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Decode a batch of requests here (DALI mixed: on the GPU) and render views on the same device."""
-        if self._main_decoder is None:
-            device = torch.device(self.device)
-            device_id = (device.index or 0) if device.type == "cuda" else None
-            self._main_decoder = make_decoder(self.decoder, self.ctx.layout.batch, device_id=device_id, threads=2)
-        encoded = batch.pop("__encoded__")
-        rng = np.random.default_rng(batch.pop("__view_seed__"))
-        decoded = self._main_decoder.decode([EncodedClip(data, idx) for data, idx in encoded])
-        good = [i for i, f in enumerate(decoded) if not isinstance(f, Exception)]
-        if not good:
-            raise RuntimeError(f"GPU decode failed for every clip of a batch: {decoded[0]}")
-        aug, views = self.ctx.augment, []
-        for i, frames in enumerate(decoded):
-            if isinstance(frames, Exception):  # already handed out: stand in another clip of the batch
-                key = batch["key"][i * aug.repeat]
-                self._log.merge({"decode_failures": 1, "failed": [{"key": key, "reason": f"{frames} (replaced by "
-                                                                   "another clip of its batch)"}]})
-                frames = decoded[good[i % len(good)]]
-            views.append(render_views(frames, train_views(frames.shape[1], frames.shape[2], aug, rng), aug.img_size))
-        return torch.cat(views)
 
     def stats(self) -> dict[str, Any]:
         """Counts since the start: samples, decode_failures, unreadable; names of recent failures;

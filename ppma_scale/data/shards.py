@@ -8,7 +8,6 @@ class *name*, so two datasets whose class lists are ordered differently still ag
 """
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -20,8 +19,6 @@ from braceexpand import braceexpand
 from webdataset.gopen import gopen
 
 from ppma_scale.data.manifest import MANIFEST_NAME, Manifest, load_manifest, resolve_url
-
-log = logging.getLogger(__name__)
 
 PIPE_PREFIX = "pipe:"
 

@@ -4,7 +4,8 @@ Local tars are indexed once by their headers (tarfile seeks over member data, so
 reads a few KB per sample, not the videos) and then read by offset: a consumer that starts in the
 middle of a shard, or resumes there, pays nothing for the samples before it. Streams (`pipe:`,
 http) can only be read forwards: one stream per reader is kept open and continued while requests
-move forwards, reopened when they move back. A missing or truncated shard is recorded once in
+move forwards, and a shuffled block is read ahead in file order (`prefetch`), holding the block's
+encoded samples in memory as any shuffle buffer over a stream must. A missing or truncated shard is recorded once in
 `problems` and its unreadable samples come back as None; nothing raises, nothing waits.
 """
 from __future__ import annotations
@@ -114,9 +115,25 @@ class ShardReader:
         self._local: OrderedDict[str, _LocalShard | None] = OrderedDict()
         self._stream: _StreamShard | None = None
         self._stream_limits: dict[str, int] = {}  # stream url -> readable samples, once known short
+        self._ahead: dict[tuple[str, int], Sample | None] = {}  # stream samples read ahead of their turn
+        self._groups: dict[int, list[tuple[str, int]]] = {}  # which read-ahead samples belong to which caller
+        self.opens = 0  # stream (re)openings: a shuffled block is read ahead so this stays ~ one per shard
+
+    def prefetch(self, wanted: list[tuple[str, int]], group: int = 0) -> None:
+        """Read the stream samples of `wanted` (a shuffled block) ahead, in file order, so that a
+        forward-only stream can then serve them in any order. Local shards seek and need no help.
+        What the group's previous block left unread is dropped (a block is read ahead once)."""
+        for stale in self._groups.pop(group, []):
+            self._ahead.pop(stale, None)
+        todo = sorted({w for w in wanted if not is_local(w[0]) and w not in self._ahead})
+        for url, index in todo:
+            self._ahead[(url, index)] = self._read_stream(url, index)
+        self._groups[group] = todo
 
     def read(self, url: str, index: int) -> Sample | None:
         """The `index`-th sample of shard `url`, or None if the shard is missing or ends before it."""
+        if (url, index) in self._ahead:
+            return self._ahead.pop((url, index))
         if is_local(url):
             shard = self._local_shard(url)
             sample = None if shard is None else shard.read(index)
@@ -152,6 +169,7 @@ class ShardReader:
         if stream is None or stream.url != url or stream.next_index > index:
             if stream is not None:
                 stream.close()
+            self.opens += 1
             try:
                 stream = self._stream = _StreamShard(url)
             except Exception as exc:  # noqa: BLE001 - any transport failure means "unreadable"

@@ -45,22 +45,31 @@ def encoder_flops(encoder: nn.Module, tokens: int) -> tuple[float, float]:
     return size.depth * block_flops(tokens, size.embed_dim, size.mlp_hidden), embed
 
 
-def mask_counts(num_tokens: int, mask_ratio: float, decoder_mask_ratio: float = 0.0) -> tuple[int, int]:
-    """(visible tokens, reconstructed tokens) per clip: int(ratio * N) tokens are masked (VideoMAE),
-    and decoder masking leaves out int(decoder_mask_ratio * masked) of those."""
+def mask_counts(grid: tuple[int, int, int], mask_ratio: float, decoder_mask_ratio: float = 0.0,
+                mask_type: str = "random") -> tuple[int, int]:
+    """(visible tokens, reconstructed tokens) per clip, counted as `ppma_scale.data.masking` does:
+    round(ratio * N) masked tokens (tube: round(ratio * H'W') per frame), and decoder masking keeps
+    max(1, masked - round(decoder_ratio * masked)) of them."""
     if not 0.0 <= mask_ratio < 1.0 or not 0.0 <= decoder_mask_ratio < 1.0:
         raise ValueError(f"mask ratios must be in [0, 1), got {mask_ratio}, {decoder_mask_ratio}")
-    masked = int(mask_ratio * num_tokens)
-    return num_tokens - masked, masked - int(decoder_mask_ratio * masked)
+    t, h, w = grid
+    if mask_type == "tube":
+        masked = t * int(round(h * w * mask_ratio))
+    elif mask_type == "random":
+        masked = int(round(t * h * w * mask_ratio))
+    else:
+        raise ValueError(f"mae.mask_type must be 'random' or 'tube', got {mask_type!r}")
+    targets = masked if decoder_mask_ratio == 0.0 else max(1, masked - int(round(masked * decoder_mask_ratio)))
+    return t * h * w - masked, min(masked, targets)
 
 
 def flops_per_clip(model: nn.Module, mask_ratio: float = 0.0, decoder_mask_ratio: float = 0.0,
                    trunk_trainable: bool = True, num_visible: Optional[int] = None,
-                   num_targets: Optional[int] = None) -> float:
+                   num_targets: Optional[int] = None, mask_type: str = "random") -> float:
     """Forward + backward FLOPs of one clip through an MAE, a VideoClassifier or a bare VideoViT.
 
-    For an MAE the token counts come from the ratios (or `num_visible` / `num_targets` when the
-    exact counts of a batch are known); a classifier or trunk sees every token.
+    For an MAE the token counts come from the ratios and `mask_type` (or `num_visible` /
+    `num_targets` when the exact counts of a batch are known); a classifier or trunk sees every token.
     """
     from ppma_scale.models.heads import VideoClassifier
     from ppma_scale.models.mae import MAE
@@ -68,7 +77,7 @@ def flops_per_clip(model: nn.Module, mask_ratio: float = 0.0, decoder_mask_ratio
 
     if isinstance(model, MAE):
         encoder = model.encoder
-        visible, targets = mask_counts(encoder.num_patches, mask_ratio, decoder_mask_ratio)
+        visible, targets = mask_counts(encoder.grid, mask_ratio, decoder_mask_ratio, mask_type)
         visible = num_visible if num_visible is not None else visible
         targets = num_targets if num_targets is not None else targets
         blocks, embed = encoder_flops(encoder, visible)

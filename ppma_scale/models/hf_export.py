@@ -126,7 +126,7 @@ def export_hf(model: nn.Module, out_dir: str | Path, id2label: Optional[dict[int
         config = hf_config(encoder, 0, id2label, "VideoMAEModel")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()},
+    save_file({k: v.detach().float().cpu().clone() for k, v in tensors.items()},
               str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out

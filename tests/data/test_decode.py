@@ -84,8 +84,7 @@ def test_dali_cpu_and_pyav_decode_the_same_vp9_frames():
 def test_decoder_choice():
     assert choose_decoder("pyav", ["vp9"], on_gpu=True)[0] == "pyav"
     assert choose_decoder("auto", ["h264"], on_gpu=False)[0] == "pyav"
-    assert choose_decoder("auto", ["vp9", "vp9"], on_gpu=False)[0] == "dali_cpu"
-    assert choose_decoder("auto", ["vp9", None], on_gpu=False)[0] == "pyav"  # unknown codec: safe choice
+    assert choose_decoder("auto", ["vp9", "vp9"], on_gpu=False)[0] == "pyav"  # measured faster than DALI cpu
     assert choose_decoder("auto", ["h264"], on_gpu=True)[0] == "dali_mixed"
     assert choose_decoder("auto", ["h264"], on_gpu=True, needs_cpu_frames=True)[0] == "pyav"
     assert choose_decoder("dali", ["h264"], on_gpu=True)[0] == "dali_mixed"

@@ -88,6 +88,18 @@ def test_brace_pattern_and_pipe_urls(make_shards, tmp_path):
     assert load_manifest(manifest_path).num_samples == 6
 
 
+def test_a_pipe_stream_is_read_forwards_once_per_shard(make_shards):
+    """Reading a shuffled block from a forward-only stream must not reopen it for every sample."""
+    from ppma_scale.data.consumer import _Consumer
+    manifest_path = make_shards("a", [12, 12])
+    piped = {"manifest": str(manifest_path), "shards": f"pipe:cat {manifest_path.parent}/a-{{0000..0001}}.tar"}
+    s = stream([piped], allow_pipe=True, num_workers=0, shuffle_buffer=8, micro_batch=4)
+    consumer = _Consumer(s.ctx, 0)
+    keys = [k for batch in zip(range(6), consumer.batches(s._plan, s._cursors[0])) for k in batch[1]["key"]]
+    assert sorted(keys) == [f"a_{i:04d}" for i in range(24)]
+    assert consumer.reader.opens <= 4  # each shard opened about once, not once per sample
+
+
 def test_user_errors_name_the_setting(make_shards):
     manifest = make_shards("a", [3])
     with pytest.raises(ValueError, match="fewer than one global batch"):

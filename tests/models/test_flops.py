@@ -21,7 +21,7 @@ def test_mae_flops_match_flop_counter(make_encoder, make_masks, ratio, decoder_r
     torch.manual_seed(0)
     mae = MAE(make_encoder(size=dict(mlp_ratio=3.0)), decoder_depth=2)
     set_attention(mae, "math")  # the CPU SDPA kernel is invisible to FlopCounterMode
-    visible, targets = mask_counts(32, ratio, decoder_ratio)
+    visible, targets = mask_counts((2, 4, 4), ratio, decoder_ratio)
     mask = make_masks(3, 32, 32 - visible)
     decoder_mask = None
     if decoder_ratio:
@@ -75,9 +75,11 @@ def test_mae_masking_cuts_flops():
     full, masked, decoder_masked = (flops_per_clip(mae, 0.0), flops_per_clip(mae, 0.9),
                                     flops_per_clip(mae, 0.9, 0.5))
     assert masked < 0.2 * full and decoder_masked < masked
-    assert mask_counts(1568, 0.9) == (157, 1411)  # VideoMAE: int(0.9 * 1568) masked
+    assert mask_counts((8, 14, 14), 0.9) == (157, 1411)
+    assert mask_counts((8, 14, 14), 0.9, mask_type="tube") == (160, 1408)  # 176 of 196 per frame
+    assert mask_counts((8, 14, 14), 0.9, 0.5) == (157, 705)
     with pytest.raises(ValueError, match="mask ratios"):
-        mask_counts(1568, 1.0)
+        mask_counts((8, 14, 14), 1.0)
 
 
 def test_peak_table_and_mfu():
@@ -89,3 +91,15 @@ def test_peak_table_and_mfu():
     assert mfu(1e12, 10, None) is None
     with pytest.raises(TypeError, match="MAE, VideoClassifier or VideoViT"):
         flops_per_clip(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("kind,ratio,decoder_ratio", [("random", 0.9, 0.0), ("tube", 0.9, 0.0), ("random", 0.75, 0.5),
+                                                      ("tube", 0.8, 0.5)])
+def test_token_counts_agree_with_the_data_layers_masks(kind, ratio, decoder_ratio):
+    from ppma_scale.data.masking import make_masks
+    grid = (8, 14, 14)
+    mask, decoder_mask = make_masks(kind, 2, grid, ratio, decoder_ratio=decoder_ratio,
+                                    generator=torch.Generator().manual_seed(0))
+    targets = decoder_mask if decoder_mask is not None else mask
+    expected = mask_counts(grid, ratio, decoder_ratio, mask_type=kind)
+    assert ((~mask).sum(1).tolist(), targets.sum(1).tolist()) == ([expected[0]] * 2, [expected[1]] * 2)

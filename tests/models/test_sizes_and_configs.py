@@ -37,7 +37,7 @@ def test_stage1_config_builds_full_size_mae_and_trains_a_step(config, published)
     assert mae.decoder_embed.out_features == {"l": 512, "h": 640}[cfg.model.size]
     assert len(mae.decoder_blocks) == 4
     video = torch.randn(2, 3, cfg.data.num_frames, cfg.data.img_size, cfg.data.img_size)
-    visible, _ = mask_counts(mae.encoder.num_patches, 0.5)
+    visible, _ = mask_counts(mae.encoder.grid, 0.5)
     mask = torch.tensor([[False, True, True, False], [True, False, False, True]])
     assert mask.shape[1] == mae.encoder.num_patches and (~mask).sum(1).tolist() == [visible] * 2
     loss, _ = mae(video, mask)

@@ -125,3 +125,9 @@ def build_messy_corpus(root: pathlib.Path) -> tuple[pathlib.Path, dict[str, str]
 def messy_corpus(tmp_path_factory) -> tuple[pathlib.Path, dict[str, str], list[str]]:
     """(split file, {bad source: expected reason prefix}, [good sources]) built once per session."""
     return build_messy_corpus(tmp_path_factory.mktemp("messy"))
+
+
+@pytest.fixture
+def pattern_frames():
+    """`pattern_frames(T, height=48, width=64)` -> (T, H, W, 3) uint8 frames of the test pattern."""
+    return lambda frames, height=48, width=64: np.stack([pattern(t, height, width) for t in range(frames)])

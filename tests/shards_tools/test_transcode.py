@@ -7,7 +7,7 @@ import av
 import pytest
 
 from shards_tools.transcode import EncodeSettings, FrameRateResampler, Rejected, encode_source, output_size
-from shards_tools.videoio import decode_video
+from shards_tools.videoio import decode_video, encode_video
 
 
 def _resample(times, fps, source_fps, max_slots=None, frame_duration=None):
@@ -60,6 +60,15 @@ def test_frame_rate_and_duration_limits(messy_corpus):
         assert float(stream.average_rate) == 12.5 and stream.codec_context.pix_fmt == "yuv420p"
         keyframes = [frame.key_frame for frame in container.decode(stream)]
     assert len(keyframes) == 12 and keyframes[0] and keyframes[8]
+
+
+def test_keyframes_follow_the_gop_setting_not_the_source(tmp_path, pattern_frames):
+    source = tmp_path / "every4.mp4"
+    source.write_bytes(encode_video(pattern_frames(24), 12, gop=4))
+    data, _ = encode_source(source, EncodeSettings(short_side=48, gop=6))
+    with av.open(io.BytesIO(data)) as container:
+        keyframes = [i for i, packet in enumerate(p for p in container.demux(video=0) if p.size) if packet.is_keyframe]
+    assert keyframes == [0, 6, 12, 18]
 
 
 @pytest.mark.parametrize("source", ["odd/gray.mkv", "odd/ten_bit.mp4", "odd/odd_size.mkv"])

@@ -74,12 +74,12 @@ class ToyTask(Task):
         return ToyStream(dist.rank, self.cfg.train.micro_batch)
 
     def loss(self, engine, batch, ctx: StepContext):
-        video = ((batch["video"].float() / 255 - 0.45) / 0.25).to(ctx.dtype)
+        video = ((batch["video"].to(ctx.device).float() / 255 - 0.45) / 0.25).to(ctx.dtype)
         keys = torch.rand(video.shape[0], self.num_tokens, generator=ctx.generator())
         masked = int(self.cfg.mae.mask_ratio * self.num_tokens)
         mask = torch.zeros_like(keys, dtype=torch.bool)
         mask.scatter_(1, keys.argsort(dim=1)[:, :masked], True)
-        loss, _ = engine(video, mask)
+        loss, _ = engine(video, mask.to(ctx.device))
         if ctx.step in self.poison and ctx.dist.rank == 0:
             loss = loss * float("nan")
         return loss, {}

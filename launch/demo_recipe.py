@@ -91,6 +91,23 @@ def format_table(rows: list[tuple[str, dict]], views: int) -> str:
     return "\n".join(lines)
 
 
+TRUNK_KEYS = ("model.size", "model.embed_dim", "model.depth", "model.num_heads", "model.mlp_ratio", "model.patch_size",
+              "model.tubelet", "model.qkv_bias", "model.layer_scale", "model.pos_embed", "data.num_frames",
+              "data.img_size", "data.sampling", "data.stride", "data.window_s", "data.short_side")
+
+
+def trunk_overrides(stage1_dir: Path) -> list[str]:
+    """The stage-1 run's trunk and clip geometry as overrides, so later stages always fit its weights."""
+    import yaml
+    resolved = yaml.safe_load((stage1_dir / "config.yaml").read_text())
+    out = []
+    for key in TRUNK_KEYS:
+        section, name = key.split(".")
+        value = resolved[section][name]
+        out.append(f"{key}={'null' if value is None else json.dumps(value)}")
+    return out
+
+
 def run_after_stage1(data_dir: Path, runs: Path, ranks: int, mae_dir: Path) -> str:
     """Stages 2 and 3 of the demo after the stage-1 run in `mae_dir`; returns the table it printed."""
     from demo import prepare_shards
@@ -98,16 +115,17 @@ def run_after_stage1(data_dir: Path, runs: Path, ranks: int, mae_dir: Path) -> s
     synthetic = prepare_shards("synthetic", data_dir)
     nohuman = data_dir / "shards" / "nohuman" / "manifest.json"
     down_train, down_val = prepare_downstream(data_dir)
+    geometry = trunk_overrides(mae_dir)
     align_dir = runs / "align"
     mix = f"data.train=[{{manifest: {synthetic}}}, {{manifest: {nohuman}}}]"
     timings["align"] = stage("launch/align.py", "configs/demo/align.yaml", align_dir,
-                             [f"model.init={mae_dir}", mix], ranks)
+                             [f"model.init={mae_dir}", mix, *geometry], ranks)
     sources = {"mae": mae_dir, "align": align_dir}
     rows = []
     for label, name, source in TRUNKS:
         init = f"model.init={sources[source]}" if source else "model.init=null"
         timings[name] = stage("launch/linprobe.py", "configs/demo/linprobe.yaml", runs / name,
-                              [init, f"data.train={down_train}", f"data.val={down_val}"], ranks)
+                              [init, f"data.train={down_train}", f"data.val={down_val}", *geometry], ranks)
         rows.append((label, final_eval(runs / name)))
     from ppma_scale.config import load_config
     cfg = load_config(runs / TRUNKS[0][1] / "config.yaml")

@@ -61,7 +61,7 @@ def launch(argv: list[str], *, stage: str, tasks: tuple[str, ...]) -> int:
         from .engine.tasks import build_task
         from .engine.trainer import validate
         task = build_task(cfg)
-        validate(cfg, task)
+        validate(cfg, task, args.output or cfg.run.output, args.resume)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         return _fail(stage, str(exc), EXIT_CONFIG_ERROR)
     from .engine.dist import shutdown

@@ -106,6 +106,8 @@ class ConsumerStream(IterableDataset):
 
 
 class _Consumer:
+    """The work of one (rank, worker): its segments, its reader and decoder, its running counts."""
+
     def __init__(self, ctx: StreamContext, worker: int):
         self.ctx, self.worker = ctx, worker
         self.consumer = ctx.rank * ctx.layout.workers + worker

@@ -73,7 +73,8 @@ def init_distributed(timeout_s: int = 1800) -> DistInfo:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+                                timeout=datetime.timedelta(seconds=timeout_s),
+                                device_id=device if device.type == "cuda" else None)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device, backend=backend)
 
 
@@ -88,14 +89,6 @@ def all_reduce_max(value: float, device: torch.device) -> float:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return float(tensor.item())
-
-
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Element-wise sums over all ranks of a short list of numbers (one collective)."""
-    tensor = torch.tensor(values, device=device, dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor.tolist()
 
 
 def broadcast_object(obj, src: int = 0):

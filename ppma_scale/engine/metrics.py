@@ -60,6 +60,42 @@ class ThroughputWindow:
         return out
 
 
+class LossWindow:
+    """Sums of the loss and of the task's extra numbers over the applied steps since the last log line.
+
+    Kept as device tensors, so a step adds without waiting for the device; `means` reduces over
+    ranks with one collective. Every rank must report the same extra names (the task's contract).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss = torch.zeros((), device=self.device)
+        self.extras: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, loss: torch.Tensor, extras: dict[str, Any]) -> None:
+        self.loss += loss
+        for name, value in extras.items():
+            value = torch.as_tensor(value, device=self.device).detach().float()
+            self.extras[name] = self.extras[name] + value if name in self.extras else value
+        self.steps += 1
+
+    def means(self) -> dict[str, float | None]:
+        """{'loss': mean over steps and ranks (None if no step was applied anywhere), extra: mean, ...}."""
+        import torch.distributed as dist
+        names = sorted(self.extras)
+        totals = torch.stack([self.loss.float(), *[self.extras[n] for n in names],
+                              torch.tensor(float(self.steps), device=self.device)]).double()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(totals)
+        values = totals.tolist()
+        steps = values[-1]
+        return {name: (value / steps if steps else None) for name, value in zip(["loss", *names], values[:-1])}
+
+
 def _format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

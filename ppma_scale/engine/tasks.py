@@ -113,7 +113,12 @@ class Task:
         engine.train()
 
     def loss(self, engine: nn.Module, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
-        """The scalar loss of one micro-batch (to backpropagate) and extra numbers to log."""
+        """The scalar loss of one micro-batch (to backpropagate) and extra numbers to log.
+
+        Extras (floats or 0-d tensors, e.g. batch accuracy) are averaged over the logged window and
+        the ranks and written next to the loss in metrics.jsonl; return the same names on every call
+        and every rank (they are reduced with one collective).
+        """
         raise NotImplementedError
 
     # ---- optional hooks -----------------------------------------------------------------------

@@ -7,6 +7,7 @@ data stream -> restore state -> loop -> final checkpoint.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -20,11 +21,12 @@ import torch
 
 from ..config import Config, save_config
 from . import dist as distmod
+from .checkpoint import (Checkpoint, CheckpointManager, capture_rng, find_resume_checkpoint, latest_checkpoint,
+                         restore_rng)
 from .data_args import skipped_samples
-from .checkpoint import Checkpoint, CheckpointManager, capture_rng, find_resume_checkpoint, restore_rng
 from .ds_config import build_ds_config
 from .lr_schedule import WarmupCosine, apply_lr, peak_lr
-from .metrics import MetricsLogger, ThroughputWindow, peak_memory_gb
+from .metrics import LossWindow, MetricsLogger, ThroughputWindow, peak_memory_gb
 from .optimizer import build_optimizer, deepspeed_skips_nonfinite, optimizer_step_suppressed, plain_gradients_finite
 from .signals import StopRequest
 from .tasks import StepContext, Task, build_task
@@ -52,9 +54,14 @@ def ds_config_for(cfg: Config, world_size: int, load_universal: bool = False) ->
                            clip_grad=cfg.optim.clip_grad, load_universal=load_universal)
 
 
-def validate(cfg: Config, task: Task) -> None:
+def validate(cfg: Config, task: Task, run_dir: str | Path | None = None, resume: str = "auto") -> None:
     """Everything that can be checked before a process group or a file exists."""
     task.validate()
+    if run_dir is not None and resume in ("off", "none", "no", "false"):
+        existing = latest_checkpoint(Path(run_dir) / "checkpoints")
+        if existing is not None:
+            raise ValueError(f"--resume off, but {run_dir} already holds checkpoints (latest: step {existing.step}); "
+                             "use --resume auto to continue that run, or another --output to start a new one")
     ds_config_for(cfg, world_size=1)
     train = cfg.train
     if train.keep_last < 1:
@@ -109,7 +116,7 @@ def run(cfg: Config, run_dir: str | Path | None = None, resume: str = "auto", ta
     run_dir = Path(run_dir or cfg.run.output)
     cfg.run.output = str(run_dir)
     task = task or build_task(cfg)
-    validate(cfg, task)
+    validate(cfg, task, run_dir, resume)
     stop = StopRequest()
     try:
         return _Trainer(cfg, run_dir, task, stop).train(resume)
@@ -179,6 +186,7 @@ class _Trainer:
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
+            (self.run_dir / "ds_config.json").write_text(json.dumps(self.ds_config, indent=1))  # what DeepSpeed got
         distmod.barrier()
         log = MetricsLogger(self.run_dir, dist.is_main, schedule.total, cfg.train.tensorboard)
         log.keep_until(start)
@@ -203,16 +211,15 @@ class _Trainer:
         ds_guard = deepspeed_skips_nonfinite(engine)
         peak = self._peak_tflops()
         batches = iter(stream)
-        window = ThroughputWindow()
-        window_loss = torch.zeros((), device=dist.device)  # summed on the device: no sync per step
-        window_steps, nonfinite_run, skipped_total = 0, 0, 0
+        window, losses = ThroughputWindow(), LossWindow(dist.device)
+        nonfinite_run, skipped_total = 0, 0
         last_ckpt: Checkpoint | None = None
         step, stopped_by = start, None
         while step < schedule.total:
             lr = schedule.lr(step)
             apply_lr(engine.optimizer.param_groups, lr)
             task.train_mode(engine)
-            step_loss = torch.zeros((), device=dist.device)
+            step_loss, step_extras = torch.zeros((), device=dist.device), {}
             clips, grad_norm, finite = 0, None, True
             for micro in range(train.grad_accum):
                 waited = time.perf_counter()
@@ -220,13 +227,15 @@ class _Trainer:
                 window.add_data_wait(time.perf_counter() - waited)
                 ctx = StepContext(step=step, micro_step=micro, epoch=schedule.epoch(step), dist=dist, dtype=dtype,
                                   seed=cfg.run.seed, run_dir=self.run_dir)
-                loss, _ = task.loss(engine, batch, ctx)
+                loss, extras = task.loss(engine, batch, ctx)
                 engine.backward(loss)
                 if micro == train.grad_accum - 1 and not ds_guard:
                     grad_norm, finite = plain_gradients_finite(engine)
                 with optimizer_step_suppressed(engine.optimizer, active=not finite):
                     engine.step()
                 step_loss += loss.detach().float() / train.grad_accum
+                for name, value in extras.items():
+                    step_extras[name] = step_extras.get(name, 0.0) + value / train.grad_accum
                 clips += task.clips_in(batch)
             applied = finite and engine.was_step_applied()
             step += 1
@@ -238,16 +247,12 @@ class _Trainer:
                 self._report_skip(step, step_loss, nonfinite_run, log, engine)
             else:
                 nonfinite_run = 0
-                window_loss += step_loss
-                window_steps += 1
+                losses.add(step_loss, step_extras)
             if step % train.log_every == 0 or step == schedule.total:
                 if ds_guard:  # read only when logged: it syncs with the device
                     norm = engine.get_global_grad_norm()
                     grad_norm = float(norm) if norm is not None and applied else None
-                self._log(step, lr, grad_norm, float(window_loss), window_steps, skipped_total, window, schedule,
-                          stream, log, peak)
-                window_loss.zero_()
-                window_steps = 0
+                self._log(step, lr, grad_norm, losses, skipped_total, window, schedule, stream, log, peak)
             stop_signal = int(distmod.all_reduce_max(self.stop.signum, dist.device))  # any rank's signal stops all
             stop_now = stop_signal > 0
             due = (train.ckpt_every and step % train.ckpt_every == 0) or step == schedule.total or stop_now
@@ -282,17 +287,18 @@ class _Trainer:
                 f"checkpoint is in {self.ckpts.root}. Lower the lr (optim.lr / optim.base_lr), enable "
                 f"clipping (optim.clip_grad), use bf16 rather than fp16, or check the data.")
 
-    def _log(self, step, lr, grad_norm, loss_sum, loss_steps, skipped_total, window, schedule, stream, log, peak):
+    def _log(self, step, lr, grad_norm, losses: LossWindow, skipped_total, window, schedule, stream, log, peak):
         dist = self.dist
-        totals = distmod.all_reduce_sum([loss_sum, float(loss_steps)], dist.device)
+        means = losses.means()
         stats = stream.stats() if hasattr(stream, "stats") else {}
-        record = {"step": step, "epoch": round(schedule.epoch(step), 4),
-                  "loss": totals[0] / totals[1] if totals[1] else None, "lr": lr, "grad_norm": grad_norm,
-                  **window.summary(dist.world_size, self.flops_per_clip, peak),
+        record = {"step": step, "epoch": round(schedule.epoch(step), 4), "loss": means.pop("loss"), "lr": lr,
+                  "grad_norm": grad_norm, **window.summary(dist.world_size, self.flops_per_clip, peak),
                   "peak_mem_gb": peak_memory_gb(dist.device), "skipped_steps": skipped_total,
                   "skipped_samples": skipped_samples(stats)}
+        record.update({name: value for name, value in means.items() if name not in record})
         log.log(record)
         window.reset()
+        losses.reset()
 
     def _save(self, engine, stream, step: int, schedule: _Schedule, log: MetricsLogger) -> Checkpoint:
         rank_state = {"stream": stream.state_dict(), "rng": capture_rng(), "task": self.task.state_dict()}

@@ -99,12 +99,21 @@ def test_reference_run_writes_a_complete_run_directory(reference):
     assert metrics[-1]["lr"] < metrics[2]["lr"]
     resolved = (reference / "config.yaml").read_text()
     assert "zero_stage: 2" in resolved and "manifest.json" in resolved and str(reference) in resolved
+    ds_config = json.loads((reference / "ds_config.json").read_text())
+    assert ds_config["train_batch_size"] == 2 * 2 and ds_config["zero_optimization"]["stage"] == 2
     tags = sorted(p.name for p in (reference / "checkpoints").iterdir() if p.is_dir())
     assert tags == ["step_00000006", "step_00000008"]  # keep_last: 2
     assert latest_tag(reference) == "step_00000008"
     marker = json.loads((reference / "checkpoints" / "step_00000008" / "ppma_complete.json").read_text())
     assert marker["world_size"] == 2 and marker["zero_stage"] == 2 and marker["step"] == 8
     assert [e["event"] for e in read_jsonl(reference / "events.jsonl")][-1] == "end"
+
+
+def test_resume_off_refuses_to_overwrite_a_run(reference, nohuman):
+    before = (reference / "metrics.jsonl").read_text()
+    done = run(plain_cmd(*common_args(reference, nohuman), "--resume", "off"))
+    assert done.returncode == 2 and "already holds checkpoints (latest: step 8)" in done.stderr
+    assert (reference / "metrics.jsonl").read_text() == before
 
 
 def test_export_of_a_two_rank_zero2_run(reference):

@@ -61,6 +61,9 @@ def test_poisoned_step_is_skipped_and_training_goes_on(matrix, case):
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert metrics[2]["loss"] is None and metrics[2]["skipped_steps"] == 1
     assert all(m["loss"] > 0 and m["grad_norm"] > 0 for m in metrics if m["step"] != 3)
+    assert all(m["visible_share"] == pytest.approx(0.5) for m in metrics if m["step"] != 3)  # the task's extra
+    # the schedule's lr really reached the optimizer DeepSpeed wraps (last step's lr, no layer decay)
+    assert outcome["group_lrs"] and all(lr == pytest.approx(metrics[-1]["lr"]) for lr in outcome["group_lrs"])
 
 
 def test_resume_with_another_zero_stage(matrix):

@@ -36,6 +36,7 @@ for case in cases:
         full = safe_get_full_fp32_param(param)
         live[name] = (full if full is not None else param.detach()).float().clone()
     torch.save(live, out / f"{case['name']}_live.pt")
+    outcome["group_lrs"] = [group["lr"] for group in task.engine.optimizer.param_groups]
     # consolidated weights of every checkpoint, to compare steps (a skipped step must not change them)
     sums = {}
     for step, path in tag_dirs(out / case["name"] / "checkpoints"):

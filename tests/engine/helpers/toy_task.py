@@ -82,4 +82,4 @@ class ToyTask(Task):
         loss, _ = engine(video, mask.to(ctx.device))
         if ctx.step in self.poison and ctx.dist.rank == 0:
             loss = loss * float("nan")
-        return loss, {}
+        return loss, {"visible_share": 1.0 - mask.float().mean()}  # an extra metric: 1 - mask_ratio

@@ -195,17 +195,22 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits, target)
 
 
-def evaluate_classifier(cfg, dist: DistInfo, predict, out_file: Path, classes: list[str]) -> dict:
-    """Multi-view evaluation of `predict(video_uint8) -> logits` on data.val over all ranks."""
+def views_stream(cfg, dist: DistInfo, datasets: list, classes: list[str]):
+    """Every video of `datasets` once over all ranks as clips x crops views (test-time cropping)."""
     from ..data.loader import build_eval_stream
-    from .data_args import skipped_samples
     data = cfg.data
-    stream = build_eval_stream(
-        data.val, rank=dist.rank, world_size=dist.world_size, videos_per_batch=max(1, cfg.train.micro_batch // 2),
+    return build_eval_stream(
+        datasets, rank=dist.rank, world_size=dist.world_size, videos_per_batch=max(1, cfg.train.micro_batch // 2),
         num_frames=data.num_frames, sampling=data.sampling, stride=data.stride, window_s=data.window_s,
         img_size=data.img_size, short_side=data.short_side, test_clips=data.test_clips, test_crops=data.test_crops,
         decoder=data.decoder, device=str(dist.device), num_workers=data.num_workers, prefetch=data.prefetch,
         classes=classes, require_labels=True, allow_pipe=data.allow_pipe)
+
+
+def evaluate_classifier(cfg, dist: DistInfo, predict, out_file: Path, classes: list[str]) -> dict:
+    """Multi-view evaluation of `predict(video_uint8) -> logits` on data.val over all ranks."""
+    from .data_args import skipped_samples
+    stream = views_stream(cfg, dist, cfg.data.val, classes)
     scored = score_eval_batches(predict, stream, views_per_forward=cfg.train.micro_batch)
     return run_evaluation(scored, len(classes), class_names=classes, out_file=out_file,
                           expected_videos=stream.num_videos, skipped=lambda: skipped_samples(stream.stats()))
@@ -237,7 +242,7 @@ class LinearProbeTask(ClassifyTask):
         cfg = self.cfg
         model = engine.module if hasattr(engine, "module") else engine
         model.eval()
-        stream = self._feature_pass_stream(dist)
+        stream = views_stream(cfg, dist, cfg.data.train, self.label_space())
         _say(dist, f"encoding {stream.num_videos} training videos x {stream.views_per_video} views once with "
                    "the frozen trunk ...")
         local = extract_features(partial(self._features, model, dist), stream, cfg.train.micro_batch)
@@ -245,17 +250,6 @@ class LinearProbeTask(ClassifyTask):
         _say(dist, f"feature cache: {tuple(cache['features'].shape)} (videos, views, dim)")
         self.smoothing = cfg.augment.label_smoothing
         return FeatureStream(cache["features"], cache["label"], dist, cfg.train.micro_batch, cfg.run.seed)
-
-    def _feature_pass_stream(self, dist: DistInfo):
-        from ..data.loader import build_eval_stream
-        data = self.cfg.data
-        return build_eval_stream(
-            data.train, rank=dist.rank, world_size=dist.world_size,
-            videos_per_batch=max(1, self.cfg.train.micro_batch // 2), num_frames=data.num_frames,
-            sampling=data.sampling, stride=data.stride, window_s=data.window_s, img_size=data.img_size,
-            short_side=data.short_side, test_clips=data.test_clips, test_crops=data.test_crops,
-            decoder=data.decoder, device=str(dist.device), num_workers=data.num_workers, prefetch=data.prefetch,
-            classes=self.label_space(), require_labels=True, allow_pipe=data.allow_pipe)
 
     def _features(self, model: nn.Module, dist: DistInfo, video: torch.Tensor) -> torch.Tensor:
         from ..data.transforms import normalize_video

@@ -1,20 +1,17 @@
 """GPU model benchmark, one self-contained run (< 6 min on an H100): builds, checks and times everything.
 
-1. FLOPs check: FlopCounterMode on the GPU against `flops_per_clip` (explicit attention: must match;
-   SDPA: reported, its fused backward recomputes the scores).
-2. SDPA backends (flash / efficient / cuDNN / math) on the attention shapes that matter: MAE decoder
-   and fine-tuning (1568 tokens), MAE encoder (157 tokens).
-3. ViT-L and ViT-H MAE training steps in bf16 (16x224, 90% masking, decoder per size), ours and the
-   eager explicit-attention baseline, activation checkpointing off and on, each at the largest
-   micro-batch that fits (doubling search): clips/s, TFLOP/s, MFU, peak memory.
-4. Ours on ViT-L with each SDPA backend forced; optionally (--compile) torch.compile'd blocks.
+1. FLOPs: FlopCounterMode on the GPU vs `flops_per_clip` (explicit attention must match exactly).
+2. SDPA backends (flash / efficient / cuDNN / math) on the MAE decoder, fine-tune and encoder shapes.
+3. ViT-L / ViT-H MAE steps in bf16 (16x224, 90% masked), ours and the eager explicit-attention
+   baseline, activation checkpointing off and on, each at the largest micro-batch that fits:
+   clips/s, TFLOP/s, MFU, peak memory. Then ours on the first size with each SDPA backend forced,
+   a kernel-time profile (--profile) and torch.compile'd blocks in a child process (--compile).
 
-Imports only torch (+ timm/einops through ppma_scale.models) and bench/model/eager_reference.py.
-Every configuration is time-boxed and survives OOM; results go to $OUT/model_bench.json after each
-configuration (partial results survive a timeout) and a table to stdout and $OUT/model_bench.txt.
+Imports only torch (+ timm/einops via ppma_scale.models) and bench/model/eager_reference.py. Every
+configuration is time-boxed and survives OOM; $OUT/model_bench.json is rewritten after each one.
 
-    PYTHONPATH=. python bench/gpu/model_bench.py            # on the GPU box
-    PYTHONPATH=. python bench/gpu/model_bench.py --smoke    # on a CPU: tiny model, a few steps
+    PYTHONPATH=. python bench/gpu/model_bench.py [--profile] [--compile]   # on the GPU box
+    PYTHONPATH=. python bench/gpu/model_bench.py --smoke                   # CPU check of this script
 """
 from __future__ import annotations
 
@@ -41,7 +38,6 @@ from ppma_scale.models.flops import flops_per_clip, mask_counts, peak_tflops  # 
 
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
-OOM = (torch.OutOfMemoryError,)
 
 
 class Bench:
@@ -79,8 +75,6 @@ class Bench:
     def peak_gb(self) -> float | None:
         return torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else None
 
-
-# ------------------------------------------------------------------------------------------ models
 
 
 def build(kind: str, size_name: str, frames: int, img: int, ckpt: bool, compile_blocks: bool = False):
@@ -125,6 +119,7 @@ def make_step(bench: Bench, kind: str, model, batch: int, ratio: float, backend:
     video = torch.randn(batch, 3, frames, img, img, device=dev, dtype=torch.bfloat16)
     optimizer = MixedAdamW(model, fused=dev.type == "cuda")
     gpu_mask = mask.to(dev)
+
     def context():  # a fresh context manager per step: they cannot be re-entered
         return sdpa_kernel([BACKENDS[backend]]) if backend else nullcontext()
 
@@ -148,33 +143,44 @@ def time_steps(bench: Bench, step, warmup: int, steps: int, deadline: float) -> 
     return (time.perf_counter() - start) / done, done
 
 
-def largest_batch(bench: Bench, kind: str, model, ratio: float, backend: str | None, deadline: float) -> int:
-    """Doubling search (then one 1.5x probe) for the largest micro-batch whose step fits in memory."""
+def fitting_batches(bench: Bench, kind: str, model, ratio: float, backend: str | None, deadline: float) -> list[int]:
+    """Micro-batches whose steps fit in memory, largest last: doubling from --start-batch (halving
+    first if that does not fit), then one 1.5x probe. A probe runs two steps: the second one is the
+    first to hold the optimizer state during forward and backward."""
 
     def fits(batch: int) -> bool:
         try:
-            make_step(bench, kind, model, batch, ratio, backend)()
+            step = make_step(bench, kind, model, batch, ratio, backend)
+            step()
+            step()
             bench.sync()
             return True
-        except OOM:
+        except torch.OutOfMemoryError:
             return False
         finally:
+            step = None
             model.zero_grad(set_to_none=True)
             bench.free()
 
-    best, batch, out_of_memory = 0, bench.args.start_batch, False
-    while batch <= bench.args.max_batch and time.monotonic() < deadline:
-        if not fits(batch):
+    batch = bench.args.start_batch
+    while not fits(batch):
+        if batch == 1 or time.monotonic() >= deadline:
+            return []
+        batch //= 2
+    good, out_of_memory = [batch], False
+    while good and good[-1] * 2 <= bench.args.max_batch and time.monotonic() < deadline:
+        if not fits(good[-1] * 2):
             out_of_memory = True
             break
-        best, batch = batch, batch * 2
-    if best and out_of_memory and time.monotonic() < deadline and fits(best * 3 // 2):
-        best = best * 3 // 2
-    return best
+        good.append(good[-1] * 2)
+    if good and out_of_memory and good[-1] >= 2 and time.monotonic() < deadline and fits(good[-1] * 3 // 2):
+        good.append(good[-1] * 3 // 2)
+    return good
 
 
 def run_config(bench: Bench, kind: str, size: str, ckpt: bool, backend: str | None = None,
                compile_blocks: bool = False, batch: int | None = None) -> dict:
+    """Time one configuration at the largest batch that fits (or `batch`); never raises."""
     a = bench.args
     row = {"model": kind, "size": size, "ckpt": ckpt, "backend": backend or "default", "compile": compile_blocks}
     if bench.left() < 10:
@@ -188,26 +194,34 @@ def run_config(bench: Bench, kind: str, size: str, ckpt: bool, backend: str | No
         model = model.to(torch.bfloat16).train()
         with torch.device("meta"):  # model FLOPs of our architecture (the baseline has the same)
             flops = flops_per_clip(build("ours", size, a.frames, a.img, False), 0.9)
-        batch = batch or largest_batch(bench, kind, model, 0.9, backend, deadline)
-        if not batch:
-            raise RuntimeError(f"batch {a.start_batch} does not fit")
-        row["batch"] = batch
-        bench.free()
-        step = make_step(bench, kind, model, batch, 0.9, backend)
-        seconds, done = time_steps(bench, step, a.warmup, a.steps, deadline)
-        clips = batch / seconds
+        candidates = [batch] if batch else fitting_batches(bench, kind, model, 0.9, backend, deadline)
+        if not candidates:
+            raise RuntimeError("not even one clip fits")
+        timed = None
+        for attempt in reversed(candidates[-2:]):  # fall back once if the timed run runs out of memory
+            row["batch"] = attempt
+            bench.free()
+            try:
+                step = make_step(bench, kind, model, attempt, 0.9, backend)
+                timed = time_steps(bench, step, a.warmup, a.steps, deadline)
+                break
+            except torch.OutOfMemoryError:
+                step = None
+                model.zero_grad(set_to_none=True)
+        if timed is None:
+            raise RuntimeError(f"timed steps ran out of memory at batches {candidates[-2:]}")
+        seconds, done = timed
+        clips = attempt / seconds
         row.update(step_ms=seconds * 1e3, timed_steps=done, clips_per_s=clips,
                    tflops=flops * clips / 1e12, mfu=flops * clips / (bench.peak * 1e12),
                    peak_gb=bench.peak_gb(), tflop_per_clip=flops / 1e12)
     except Exception as exc:  # OOM at the first batch, unsupported backend, ...: record and go on
         row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     finally:
-        model = None
+        model = step = None
         bench.free()
     return row
 
-
-# ------------------------------------------------------------------------------- checks and kernels
 
 
 def flops_check(bench: Bench) -> dict:
@@ -264,7 +278,56 @@ def sdpa_bench(bench: Bench) -> list[dict]:
     return rows
 
 
-def compile_in_child(bench: Bench) -> dict:
+KERNEL_KINDS = (("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
+                ("gemm", ("gemm", "cutlass", "sm90_xmma", "nvjet", "matmul", "cublas")),
+                ("optimizer", ("adam",)), ("layer_norm", ("layer_norm", "layernorm")),
+                ("gather/sort", ("gather", "index", "scatter", "sort", "radix")),
+                ("reduce", ("reduce",)), ("copy/elementwise", ("elementwise", "copy", "cat", "gelu", "fill")))
+
+
+def profile_step(bench: Bench, size: str, batch: int) -> dict:
+    """Kernel time of two ours-MAE steps, grouped by kind, plus the top kernels (also $OUT/profile_<size>.txt)."""
+    from torch.profiler import ProfilerActivity, profile
+    a = bench.args
+    out: dict = {"size": size, "batch": batch}
+    try:
+        with bench.device:
+            model = build("ours", size, a.frames, a.img, False)
+        model = model.to(torch.bfloat16).train()
+        step = make_step(bench, "ours", model, batch, 0.9, None)
+        step()
+        step()
+        bench.sync()
+        cuda = bench.device.type == "cuda"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as prof:
+            step()
+            step()
+            bench.sync()
+        events = prof.key_averages()
+        attr = ("self_device_time_total" if hasattr(events[0], "self_device_time_total") else
+                "self_cuda_time_total") if cuda else "self_cpu_time_total"
+        kinds: dict[str, float] = {}
+        for event in events:
+            spent = getattr(event, attr, 0) or 0
+            if spent <= 0 or (cuda and event.key.startswith(("aten::", "autograd::", "Optimizer", "cuda"))):
+                continue
+            name = event.key.lower()
+            kind = next((k for k, marks in KERNEL_KINDS if any(m in name for m in marks)), "other")
+            kinds[kind] = kinds.get(kind, 0.0) + spent / 2e3  # ms per step
+        out["ms_per_step_by_kind"] = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+        text = events.table(sort_by=attr, row_limit=30, max_name_column_width=90)
+        (bench.out / f"profile_{size}.txt").write_text(text)
+        out["top"] = text.splitlines()[:40]
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    finally:
+        model = step = None
+        bench.free()
+    return out
+
+
+def compile_in_child(bench: Bench, batch: int | None) -> dict:
     """torch.compile'd blocks measured in a child process, so a slow compile cannot overrun the budget."""
     a = bench.args
     limit = int(bench.left() - 15)
@@ -273,6 +336,7 @@ def compile_in_child(bench: Bench) -> dict:
     cmd = [sys.executable, __file__, "--only-compile", "--sizes", a.sizes[0], "--frames", str(a.frames),
            "--img", str(a.img), "--steps", str(a.steps), "--warmup", str(a.warmup), "--budget-s", str(limit),
            "--config-s", str(limit - 5), "--max-batch", str(a.max_batch), "--start-batch", str(a.start_batch)]
+    cmd += ["--batch", str(batch)] if batch else []
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, env={**os.environ, "OUT": str(
             bench.out / "compile")})
@@ -281,8 +345,6 @@ def compile_in_child(bench: Bench) -> dict:
     except subprocess.TimeoutExpired:
         return {"error": f"compile + timing did not finish in {limit} s"}
 
-
-# ------------------------------------------------------------------------------------------- report
 
 
 def table(results: dict) -> str:
@@ -305,6 +367,11 @@ def table(results: dict) -> str:
             peak = f"{r['peak_gb']:8.1f}" if r["peak_gb"] is not None else f"{'-':>8}"
             lines.append(f"{head} {r['batch']:5d} {r['clips_per_s']:8.1f} {r['tflops']:8.1f} {r['mfu']:6.1%} "
                          f"{peak} {r['step_ms']:8.1f}")
+    profile = results.get("profile")
+    if profile:
+        lines.append(f"\nkernel time per ours step, ViT-{profile['size'].upper()} batch {profile['batch']} (ms): "
+                     + (", ".join(f"{k} {v:.1f}" for k, v in profile.get("ms_per_step_by_kind", {}).items())
+                        or profile.get("error", "")))
     return "\n".join(lines + results["notes"])
 
 
@@ -324,6 +391,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sdpa-iters", type=int, default=10)
     p.add_argument("--peak", type=float, default=None, help="peak TFLOP/s for MFU (default: from the GPU name)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd blocks (child process)")
+    p.add_argument("--profile", action="store_true", help="kernel-time breakdown of an ours step (first size)")
+    p.add_argument("--no-backends", dest="backends", action="store_false", help="skip the forced-SDPA-backend steps")
+    p.add_argument("--batch", type=int, default=None, help="fixed micro-batch instead of the search")
     p.add_argument("--only-compile", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke:
@@ -333,11 +403,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def record(bench: Bench, row: dict) -> None:
+    bench.results["steps"].append(row)
+    bench.save()
+    print(f"[{time.monotonic() - bench.start:5.0f} s] {row}", flush=True)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     bench = Bench(args)
     if args.only_compile:
-        print(json.dumps(run_config(bench, "ours", args.sizes[0], False, compile_blocks=True)))
+        print(json.dumps(run_config(bench, "ours", args.sizes[0], False, compile_blocks=True, batch=args.batch)))
         return
     print(f"model_bench on {bench.results['device']} (budget {args.budget_s:.0f} s)", flush=True)
     bench.results["flops_check"] = flops_check(bench)
@@ -348,23 +424,16 @@ def main(argv=None) -> None:
     for size in args.sizes:
         for ckpt in (False, True):
             for kind in ("ours", "eager"):
-                row = run_config(bench, kind, size, ckpt)
-                bench.results["steps"].append(row)
-                bench.save()
-                print(f"[{time.monotonic() - bench.start:5.0f} s] {row}", flush=True)
+                record(bench, run_config(bench, kind, size, ckpt))
     ours_l = next((r for r in bench.results["steps"] if r["model"] == "ours" and r["size"] == args.sizes[0]
-                   and not r["ckpt"] and "batch" in r), None)
-    for backend in ("flash", "cudnn", "efficient"):
-        row = run_config(bench, "ours", args.sizes[0], False, backend=backend,
-                         batch=ours_l["batch"] if ours_l else None)
-        bench.results["steps"].append(row)
-        bench.save()
-        print(f"[{time.monotonic() - bench.start:5.0f} s] {row}", flush=True)
+                   and not r["ckpt"] and "clips_per_s" in r), {})
+    for backend in ("flash", "cudnn", "efficient") if args.backends else ():
+        record(bench, run_config(bench, "ours", args.sizes[0], False, backend=backend, batch=ours_l.get("batch")))
+    if args.profile:
+        bench.results["profile"] = profile_step(bench, args.sizes[0], max(1, ours_l.get("batch", 32) // 2))
     if args.compile:
-        row = {"model": "ours", "size": args.sizes[0], "ckpt": False, "backend": "default", "compile": True,
-               **compile_in_child(bench)}
-        bench.results["steps"].append(row)
-        bench.save()
+        record(bench, {"model": "ours", "size": args.sizes[0], "ckpt": False, "backend": "default", "compile": True,
+                       **compile_in_child(bench, ours_l.get("batch"))})
     bench.results["elapsed_s"] = time.monotonic() - bench.start
     bench.save()
     text = table(bench.results)

@@ -9,5 +9,5 @@ export PYTHONUNBUFFERED=1
 export OUT="${OUT:-./.bench_out}"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/gpu.csv" 2>&1 || true
-python bench/gpu/model_bench.py --compile "$@" 2>&1 | tee "$OUT/model_bench.log"
+python bench/gpu/model_bench.py --profile --compile "$@" 2>&1 | tee "$OUT/model_bench.log"
 exit "${PIPESTATUS[0]}"

@@ -19,8 +19,7 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from timm.layers import Attention
-from timm.models.vision_transformer import Block
+from timm.models.vision_transformer import Attention, Block  # (timm.layers in newer timm re-exported here)
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 

@@ -89,7 +89,7 @@ class DataConfig:
 
     train: list[DatasetSpec] = field(default_factory=list)
     val: list[DatasetSpec] = field(default_factory=list)
-    classes: Optional[str] = None  # label space: a class-names file; None = the first train manifest's classes
+    classes: Optional[str] = None  # label space: a class-names file; None = union of the train manifests' classes
     mix: Literal["sample", "batch"] = "sample"  # weighted mixing per sample, or whole batches per dataset
     allow_pipe: bool = False  # permit `pipe:` shard URLs (they run a shell command)
     decoder: Literal["auto", "dali", "pyav"] = "auto"

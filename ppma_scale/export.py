@@ -30,7 +30,7 @@ def consolidated_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
         model_file = ckpt.path / "mp_rank_00_model_states.pt"
         if not model_file.is_file():
             raise FileNotFoundError(f"{ckpt.path} holds neither ZeRO optimizer partitions nor {model_file.name}")
-        state = torch.load(model_file, map_location="cpu", weights_only=False)["module"]
+        state = torch.load(model_file, map_location="cpu", weights_only=True)["module"]
     return {name: tensor.detach().float().contiguous() for name, tensor in state.items()}
 
 

@@ -9,6 +9,7 @@ still yields the same number of batches.
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -227,3 +228,10 @@ class _Consumer:
         else:
             batch["video"] = torch.cat([done[slot][1] for slot in range(len(wanted))])
         return batch
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: SLURM signals every process of a job, but a stop must be decided
+    by the ranks (finish the step, save); a worker killed by SIGTERM/SIGUSR1 would starve that step."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ppma_scale.data.clips import ClipSpec, test_indices
-from ppma_scale.data.consumer import parse_sample
+from ppma_scale.data.consumer import ignore_stop_signals, parse_sample
 from ppma_scale.data.decode import DecodeError, EncodedClip, choose_decoder, make_decoder
 from ppma_scale.data.shards import ShardSet, open_sources
 from ppma_scale.data.stats import Stats, StatsLog
@@ -149,7 +149,8 @@ class EvalStream:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         workers = min(self.num_workers, self.ctx.num_batches)
         loader = DataLoader(_EvalConsumer(self.ctx), batch_size=None, num_workers=workers,
-                            prefetch_factor=self.prefetch if workers else None, pin_memory=self.pin_memory)
+                            prefetch_factor=self.prefetch if workers else None, pin_memory=self.pin_memory,
+                            worker_init_fn=ignore_stop_signals)
         for batch in loader:
             self._log.merge(batch.pop("__stats__"))
             yield batch

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ppma_scale.data.clips import ClipSpec
-from ppma_scale.data.consumer import ConsumerStream, StreamContext, fresh_cursor
+from ppma_scale.data.consumer import ConsumerStream, StreamContext, fresh_cursor, ignore_stop_signals
 from ppma_scale.data.decode import choose_decoder
 from ppma_scale.data.evalstream import EvalStream, build_eval_stream  # noqa: F401 (CONTRACTS: loader offers both)
 from ppma_scale.data.schedule import EpochPlan, Layout, continue_plan, default_steps, make_plan, next_plan
@@ -65,7 +65,7 @@ class TrainStream:
         dataset = ConsumerStream(self.ctx, self._plan, [dict(c) for c in self._cursors])
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
                             prefetch_factor=self.prefetch if self.num_workers else None,
-                            pin_memory=self.pin_memory)
+                            pin_memory=self.pin_memory, worker_init_fn=ignore_stop_signals)
         items: Iterator[dict[str, Any]] = iter(loader)
         if self.ctx.decode_in_main:
             decode = MainProcessDecoder(self.decoder, self.ctx.layout.batch, self.device, self.ctx.augment)
@@ -93,6 +93,11 @@ class TrainStream:
         return self._log.snapshot()
 
     # --------------------------------------------------------------------------------------- state
+    def resumes_alone(self, state: dict[str, Any]) -> bool:
+        """Whether this rank's saved state alone resumes it (same ranks, workers, batch and mix);
+        otherwise `load_state_dict` needs every saved rank's state."""
+        return Layout(state["world_size"], state["workers"], state["batch"], state["mix"]) == self.ctx.layout
+
     def state_dict(self) -> dict[str, Any]:
         """This rank's position, as of the last batch yielded."""
         layout = self.ctx.layout

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -129,7 +129,11 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> Checkpoint | None:
 
 
 def capture_rng() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states as tensors and plain values, so they load with `torch.load(weights_only=True)`."""
+    numpy_state = np.random.get_state(legacy=False)
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {**numpy_state, "state": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                                                "pos": int(numpy_state["state"]["pos"])}}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -137,7 +141,10 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = dict(state["numpy"])
+    numpy_state["state"] = {"key": numpy_state["state"]["key"].numpy().astype(np.uint32),
+                            "pos": numpy_state["state"]["pos"]}
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -219,15 +226,14 @@ class CheckpointManager:
             raise RuntimeError(error)
         return ckpt.path, UNIVERSAL, True
 
-    def load_rank_states(self, ckpt: Checkpoint) -> list[dict[str, Any]]:
-        """[this rank's saved state] when the world size matches; every saved rank's state otherwise."""
-        ranks = [self.dist.rank] if ckpt.world_size == self.dist.world_size else range(ckpt.world_size)
+    def load_rank_states(self, ckpt: Checkpoint, ranks: Iterable[int]) -> list[dict[str, Any]]:
+        """The saved per-rank states of `ranks` (plain data and tensors: no pickled code is run)."""
         states = []
         for rank in ranks:
             path = ckpt.rank_file(rank)
             if not path.is_file():
                 raise FileNotFoundError(f"{ckpt.path} is marked complete but lacks {path.name}")
-            states.append(torch.load(path, map_location="cpu", weights_only=False))
+            states.append(torch.load(path, map_location="cpu", weights_only=True))
         return states
 
 

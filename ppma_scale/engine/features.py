@@ -105,6 +105,10 @@ class FeatureStream:
         return {"format": STATE_FORMAT, "epoch": self.epoch,
                 "consumed": self.step_in_epoch * self.world * self.micro_batch}
 
+    def resumes_alone(self, state: dict[str, Any]) -> bool:
+        """The position is global (the same on every rank), so any rank's state resumes any layout."""
+        return True
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if isinstance(state, (list, tuple)):
             state = state[0]

@@ -17,13 +17,13 @@ import torch
 
 def build_optimizer(param_groups: list[dict], *, betas: list[float], eps: float, offload: str,
                     device: torch.device) -> torch.optim.Optimizer:
-    """torch AdamW (fused on CUDA); DeepSpeed's CPU Adam when the optimizer state lives on the CPU."""
+    """torch AdamW (fused kernel on CUDA and CPU); DeepSpeed's CPU Adam when the state is offloaded."""
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
         raise ValueError(f"optim.betas must be two numbers in [0, 1), got {betas}")
     if offload == "cpu":
         from deepspeed.ops.adam import DeepSpeedCPUAdam  # JIT-builds a small C++ op on first use
         return DeepSpeedCPUAdam(param_groups, lr=0.0, betas=tuple(betas), eps=eps, adamw_mode=True)
-    return torch.optim.AdamW(param_groups, lr=0.0, betas=tuple(betas), eps=eps, fused=device.type == "cuda")
+    return torch.optim.AdamW(param_groups, lr=0.0, betas=tuple(betas), eps=eps, fused=device.type in ("cuda", "cpu"))
 
 
 def deepspeed_skips_nonfinite(engine) -> bool:

@@ -37,7 +37,8 @@ class TrainStream(Protocol):
 
     def __iter__(self) -> Iterator[dict[str, Any]]: ...
     def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None: ...
+    def resumes_alone(self, state: dict[str, Any]) -> bool: ...
     def stats(self) -> dict[str, Any]: ...
 
 
@@ -191,17 +192,15 @@ class MAETask(Task):
 
     def flops_per_clip(self, model: nn.Module) -> float | None:
         from ..models.flops import flops_per_clip
-        return flops_per_clip(model, mask_ratio=self.cfg.mae.mask_ratio,
+        return flops_per_clip(model, mask_ratio=self.cfg.mae.mask_ratio, mask_type=self.cfg.mae.mask_type,
                               decoder_mask_ratio=self.cfg.mae.decoder_mask_ratio)
 
     def loss(self, engine: nn.Module, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         from ..data.masking import make_masks
         video = self.normalized_video(batch, ctx)
         mae = self.cfg.mae
+        # masks stay on the CPU: the MAE checks their counts there and moves them (no device sync)
         mask, decoder_mask = make_masks(mae.mask_type, video.shape[0], self.grid, mae.mask_ratio,
                                         decoder_ratio=mae.decoder_mask_ratio, generator=ctx.generator())
-        mask = mask.to(ctx.device, non_blocking=True)
-        if decoder_mask is not None:
-            decoder_mask = decoder_mask.to(ctx.device, non_blocking=True)
         loss, _ = engine(video, mask, decoder_mask)
         return loss, {}

@@ -154,14 +154,14 @@ class _Trainer:
                                          load_lr_scheduler_states=False)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {ckpt.path}")
-        states = self.ckpts.load_rank_states(ckpt)
-        if ckpt.world_size == self.dist.world_size:
-            mine = states[0]
+        same_world = ckpt.world_size == self.dist.world_size
+        mine = self.ckpts.load_rank_states(ckpt, [self.dist.rank if same_world else 0])[0]
+        if same_world and stream.resumes_alone(mine["stream"]):
             stream.load_state_dict(mine["stream"])
             restore_rng(mine["rng"])
         else:  # the stream continues the epoch over what no saved rank had consumed; fresh RNG streams
+            states = self.ckpts.load_rank_states(ckpt, range(ckpt.world_size))
             stream.load_state_dict([s["stream"] for s in states])
-            mine = states[0]
         self.task.load_state_dict(mine.get("task", {}))
 
     def _peak_tflops(self) -> float | None:

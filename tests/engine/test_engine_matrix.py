@@ -108,7 +108,7 @@ def test_export_writes_safetensors_the_models_load(matrix, case, dtype, tmp_path
         assert "encoder:" not in meta["config"] and "model:" in meta["config"]
     state = load_weights_file(path)
     assert {t.dtype for t in state.values()} == {torch.float32 if dtype == "fp32" else torch.bfloat16}
-    live = torch.load(matrix / f"{case}_live.pt")  # the engine's master weights when the run ended
+    live = torch.load(matrix / f"{case}_live.pt", weights_only=True)  # the engine's master weights when the run ended
     assert set(live) <= set(state)  # plus buffers (fixed position tables)
     for key, value in live.items():
         assert torch.equal(state[key], value.to(state[key].dtype)), key

@@ -43,6 +43,9 @@ class ToyStream:
     def state_dict(self):
         return {"index": self.index}
 
+    def resumes_alone(self, state):
+        return True
+
     def load_state_dict(self, state):
         states = state if isinstance(state, list) else [state]  # all saved ranks' states after a world-size change
         self.index = states[0]["index"]

@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--upscale", action="store_true", help="also scale sources smaller than --short-side up")
     group.add_argument("--fps", type=float, default=None, help="resample to this frame rate (default: keep)")
     group.add_argument("--max-duration", type=float, default=None, help="keep at most this many seconds")
-    group.add_argument("--gop", type=int, default=8, help="keyframe interval in frames (short: cheap seeks)")
+    group.add_argument("--gop", type=int, default=EncodeSettings.gop,
+                       help="keyframe interval in frames (short: cheaper seeks, long: smaller shards)")
     group.add_argument("--crf", type=int, default=None, help=f"quality (default {DEFAULT_CRF})")
     group.add_argument("--preset", default="veryfast", help="x264 preset")
     group.add_argument("--min-frames", type=int, default=16, help="reject clips with fewer output frames")

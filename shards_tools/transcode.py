@@ -38,7 +38,7 @@ class EncodeSettings:
     short_side: int = 320
     fps: float | None = None  # None: keep the source's (average) frame rate
     max_duration: float | None = None  # seconds kept from the start; None: all
-    gop: int = 8
+    gop: int = 32  # ~1 s at 25-30 fps: bench/data measured 1.3x faster loading than 8 (and 3x smaller shards)
     crf: int | None = None  # None: codec default (DEFAULT_CRF)
     preset: str = "veryfast"
     min_frames: int = 16  # fewer output frames than this -> rejected (shorter than a training clip)

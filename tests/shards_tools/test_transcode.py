@@ -52,7 +52,7 @@ def test_rotation_metadata_is_applied(messy_corpus):
 
 def test_frame_rate_and_duration_limits(messy_corpus):
     split, _, _ = messy_corpus
-    settings = EncodeSettings(short_side=32, fps=12.5, max_duration=1.0, min_frames=8)
+    settings = EncodeSettings(short_side=32, fps=12.5, max_duration=1.0, min_frames=8, gop=8)
     data, meta = encode_source(split.parent / "good/h264.mkv", settings)  # 30 frames at 25 fps
     assert (meta["frames"], meta["fps"], meta["width"], meta["height"]) == (12, 12.5, 42, 32)
     with av.open(io.BytesIO(data)) as container:

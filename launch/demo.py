@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
           f"10% of logged steps: {fall['head_mean']:.3f} -> {fall['tail_mean']:.3f}, "
           f"{100 * (1 - fall['tail_mean'] / fall['head_mean']):.0f}% lower)")
     print(f"[demo] run directory: {mae_dir} (config.yaml, metrics.jsonl, checkpoints/)")
+    from demo_recipe import run_after_stage1  # stages 2 and 3: align, linear probes, the table
+    run_after_stage1(data_dir, runs, args.ranks, mae_dir)
     return 0
 
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """The whole PPMA recipe on the demo corpora, after stage 1, ending in a linear-probe table.
 
-    python launch/demo_recipe.py --data demo_data --runs runs/demo    (runs stage 1 first if needed)
+    python launch/demo_recipe.py --data demo_data --runs runs/demo    (after a stage-1 run in RUNS/mae)
 
-`launch/demo.py` (what `make demo` runs) does stage 1 and then calls `run_after_stage1` here:
+`launch/demo.py` (what `make demo` runs) does stage 1 and ends with
+`run_after_stage1(data_dir, runs_dir, ranks, stage1_run_dir)` from here, which takes the trunk and
+clip geometry from the stage-1 run's config.yaml and then does:
 1. render + pack the `synthetic` corpus (stick-figure "virtual humans") and the `downstream`
    corpus (same actions, rendered differently; train + held-out val);
 2. stage 2, `launch/align.py --config configs/demo/align.yaml`: the stage-1 trunk classifies
@@ -144,13 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("demo_data"), help="where corpora and shards go")
     parser.add_argument("--runs", type=Path, default=Path("runs/demo"), help="where run directories go")
     parser.add_argument("--ranks", type=int, default=2, help="CPU ranks (deepspeed --num_gpus)")
+    parser.add_argument("--stage1", type=Path, default=None, help="the stage-1 run (default RUNS/mae)")
     args = parser.parse_args(argv)
-    from demo import prepare_shards
     data_dir, runs = args.data.resolve(), args.runs.resolve()
-    mae_dir = runs / "mae"
-    nohuman = prepare_shards("nohuman", data_dir)
-    stage("launch/pretrain.py", "configs/demo/pretrain.yaml", mae_dir, [f"data.train={nohuman}"], args.ranks)
-    run_after_stage1(data_dir, runs, args.ranks, mae_dir)
+    stage1 = (args.stage1 or runs / "mae").resolve()
+    if not finished(stage1):
+        raise SystemExit(f"[demo] {stage1} holds no finished stage-1 run: run `python launch/demo.py` (all "
+                         "stages) or pass --stage1")
+    run_after_stage1(data_dir, runs, args.ranks, stage1)
     return 0
 
 

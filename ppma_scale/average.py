@@ -54,7 +54,7 @@ def _drop_unshared_final_norms(states: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ppma_scale.average", description=__doc__.split("\n")[0])
     parser.add_argument("inputs", nargs="+", help="run directories, checkpoint folders or weights files")
-    parser.add_argument("--out", required=True, help="safetensors file to write")
+    parser.add_argument("--out", "--output", required=True, help="safetensors file to write")
     parser.add_argument("--weights", type=float, nargs="+", default=None,
                         help="one non-negative weight per input, summing to 1 (default: uniform)")
     parser.add_argument("--trunk", action="store_true", help="average only the trunks (drop decoders/heads)")

@@ -178,7 +178,8 @@ class ClassifyTask(Task):
         if self.averaged_from:  # the learned blend, mean over tensors when per tensor
             from .averaging import describe_weights
             model = engine.module if hasattr(engine, "module") else engine
-            weights = describe_weights(model.encoder)
+            with gathered([model.encoder.alpha]):  # ZeRO-3 keeps only a shard of alpha outside forward
+                weights = describe_weights(model.encoder)
             results.update({f"mix_{name}": w for name, w in weights.items()})
         return results
 
@@ -186,6 +187,15 @@ class ClassifyTask(Task):
         from ..data.transforms import normalize_video
         x = normalize_video(video.to(ctx.device, non_blocking=True), self.cfg.augment.mean, self.cfg.augment.std)
         return engine(x.to(ctx.dtype))
+
+
+def gathered(params: list[nn.Parameter]):
+    """A context in which ZeRO-3-partitioned `params` are whole (a no-op for other stages)."""
+    import contextlib
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
 def classification_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -66,5 +66,6 @@ def test_user_errors_stop_the_run_before_any_work(capsys, tmp_path, tiny_shards,
     assert "model.num_classes is 101 but the training data's label space has 4 classes" in err
     err = launch_errors(capsys, tmp_path, "align_test.yaml", *data, "model.init=null", "model.average=[a]")
     assert "at least 2 trunks" in err
-    err = launch_errors(capsys, tmp_path, "align_test.yaml", *data, "model.init=null", "train.micro_batch=3")
+    err = launch_errors(capsys, tmp_path, "align_test.yaml", *data, "model.init=null", "train.micro_batch=3",
+                        "augment.mixup=0.8")
     assert "must be even" in err

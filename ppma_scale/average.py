@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .engine.averaging import average_state_dicts, check_same_layout
+from .cli import run_tool
 
 
 def average_files(inputs: list[str], out: str | Path, weights: list[float] | None = None,
@@ -59,13 +60,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="one non-negative weight per input, summing to 1 (default: uniform)")
     parser.add_argument("--trunk", action="store_true", help="average only the trunks (drop decoders/heads)")
     args = parser.parse_args(argv)
-    try:
-        path = average_files(args.inputs, args.out, args.weights, args.trunk)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"average: error: {exc}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    def work() -> int:
+        print(average_files(args.inputs, args.out, args.weights, args.trunk))
+        return 0
+    return run_tool("average", work)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .config import ConfigError, load_config
 
@@ -73,3 +74,13 @@ def launch(argv: list[str], *, stage: str, tasks: tuple[str, ...]) -> int:
     finally:
         shutdown()  # `run` leaves the process group up, so one process can run several stages
     return 0
+
+
+def run_tool(prog: str, work: Callable[[], int]) -> int:
+    """Run a command-line tool's body: a mistake in its inputs (ValueError, FileNotFoundError) is
+    printed as one line naming the tool, with exit code 2, instead of a traceback."""
+    try:
+        return work()
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR

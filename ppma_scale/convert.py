@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 from ppma_scale.models.convert import (encoder_from_trunk, export_hf, linear_head_state_dict, load_trunk_weights,
                                        load_weights_file, to_trunk_state_dict)
+from ppma_scale.cli import run_tool
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -64,13 +65,10 @@ def convert(args: argparse.Namespace) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        report = convert(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"ppma-convert: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=2))
-    return 0
+    def work() -> int:
+        print(json.dumps(convert(args), indent=2))
+        return 0
+    return run_tool("ppma-convert", work)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .engine.checkpoint import Checkpoint, find_resume_checkpoint
+from .engine.checkpoint import Checkpoint, find_checkpoint
+from .cli import run_tool
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -39,9 +40,7 @@ def export_checkpoint(source: str | Path, output: str | Path | None = None, dtyp
     from safetensors.torch import save_file
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    ckpt = find_resume_checkpoint(str(source), Path(source))
-    if ckpt is None:
-        raise FileNotFoundError(f"{source}: no complete checkpoint found")
+    ckpt = find_checkpoint(source, what="export source")
     state = {k: v.to(DTYPES[dtype]) for k, v in consolidated_state_dict(ckpt).items()}
     marker = json.loads((ckpt.path / "ppma_complete.json").read_text())
     if output is None:
@@ -64,13 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--output", default=None, help="file to write (default RUN_DIR/export/step_N.safetensors)")
     args = parser.parse_args(argv)
-    try:
-        path = export_checkpoint(args.run_dir, args.output, args.dtype)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"export: error: {exc}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    def work() -> int:
+        print(export_checkpoint(args.run_dir, args.output, args.dtype))
+        return 0
+    return run_tool("export", work)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from shards_tools.journal import Journal, ShardFile, remove_unlisted_shards
 from shards_tools.parallel import default_workers, encode_in_order
 from shards_tools.transcode import DEFAULT_CRF, EncodeSettings
 from shards_tools.videoio import video_extension
+from ppma_scale.cli import run_tool
 
 TOOL_VERSION = 1
 TAR_OVERHEAD = 3 * 1024  # three tar headers + block padding per sample (upper bound), for --max-size
@@ -241,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+    def work() -> int:
         manifest = pack(args.source, args.output, root=args.root, classes=args.classes,
                         input_format=args.input_format, dataset=args.dataset, max_samples=args.max_samples,
                         max_size=args.max_size, workers=args.workers,
@@ -250,15 +251,12 @@ def main(argv: list[str] | None = None) -> int:
                         short_side=args.short_side, fps=args.fps, max_duration=args.max_duration, gop=args.gop,
                         crf=args.crf, preset=args.preset, min_frames=args.min_frames, copy=args.copy,
                         upscale=args.upscale, frames_fps=args.frames_fps)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"ppma-pack: error: {exc}", file=sys.stderr)
-        return 2
-    if manifest.num_samples == 0:
-        print(f"ppma-pack: error: no input could be packed; reasons are in {args.output / MANIFEST_NAME}",
-              file=sys.stderr)
-        return 1
-    return 0
-
+        if manifest.num_samples == 0:
+            print(f"ppma-pack: error: no input could be packed; reasons are in {args.output / MANIFEST_NAME}",
+                  file=sys.stderr)
+            return 1
+        return 0
+    return run_tool("ppma-pack", work)
 
 if __name__ == "__main__":
     raise SystemExit(main())

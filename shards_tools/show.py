@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from ppma_scale.data.manifest import load_manifest
 from shards_tools.tario import find_sample, video_field
 from shards_tools.videoio import decode_video
+from ppma_scale.cli import run_tool
 
 HEADER = 30
 GAP = 4
@@ -64,13 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=16, help="frames on the sheet")
     parser.add_argument("--columns", type=int, default=8)
     args = parser.parse_args(argv)
-    try:
+    def work() -> int:
         path = show(args.manifest, args.output, args.key, args.index, args.frames, args.columns)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"ppma-show: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"contact sheet written to {path}")
-    return 0
+        print(f"contact sheet written to {path}")
+        return 0
+    return run_tool("ppma-show", work)
 
 
 if __name__ == "__main__":

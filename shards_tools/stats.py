@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from ppma_scale.data.manifest import load_manifest
 from shards_tools.tario import iter_metadata
+from ppma_scale.cli import run_tool
 
 
 def collect_stats(manifest_path: str | Path) -> dict[str, Any]:
@@ -121,15 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("manifest", type=Path, help="manifest.json or the folder holding it")
     parser.add_argument("--plot", type=Path, default=None, help="also write the distributions to this PNG")
     args = parser.parse_args(argv)
-    try:
+    def work() -> int:
         stats = collect_stats(args.manifest)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"ppma-stats: error: {exc}", file=sys.stderr)
-        return 2
-    print(format_stats(stats))
-    if args.plot:
-        print(f"plot written to {plot_stats(stats, args.plot)}")
-    return 0
+        print(format_stats(stats))
+        if args.plot:
+            print(f"plot written to {plot_stats(stats, args.plot)}")
+        return 0
+    return run_tool("ppma-stats", work)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from ppma_scale.data.manifest import SAMPLE_VIDEO_EXTENSIONS, load_manifest
 from shards_tools.journal import sha256_file
 from shards_tools.parallel import default_workers
 from shards_tools.tario import iter_samples
+from ppma_scale.cli import run_tool
 
 EXPECTED_FIELDS = {"__key__", "__url__", "cls", "json"}
 
@@ -155,18 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-decode", action="store_true", help="check files and metadata only")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    try:
+    def work() -> int:
         manifest = load_manifest(args.manifest)
         problems = verify(args.manifest, args.workers, not args.no_decode, not args.quiet)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"ppma-verify: error: {exc}", file=sys.stderr)
-        return 2
-    for problem in problems:
-        print(problem)
-    status = "FAILED" if problems else "OK"
-    print(f"{status}: {len(manifest.shards)} shards, {manifest.num_samples} samples, {len(problems)} problem(s)"
-          + ("" if args.no_decode else ", every clip decoded"), file=sys.stderr)
-    return 1 if problems else 0
+        for problem in problems:
+            print(problem)
+        status = "FAILED" if problems else "OK"
+        print(f"{status}: {len(manifest.shards)} shards, {manifest.num_samples} samples, {len(problems)} problem(s)"
+              + ("" if args.no_decode else ", every clip decoded"), file=sys.stderr)
+        return 1 if problems else 0
+    return run_tool("ppma-verify", work)
 
 
 if __name__ == "__main__":

@@ -117,14 +117,20 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> Checkpoint | None:
         return None
     if resume == "auto":
         return latest_checkpoint(run_dir / "checkpoints")
-    path = Path(resume).expanduser()
+    return find_checkpoint(resume, what="--resume")
+
+
+def find_checkpoint(location: str | Path, what: str = "checkpoint") -> Checkpoint:
+    """The complete checkpoint `location` names: a run directory or its checkpoints/ folder (their
+    latest), or one step_N folder. `what` names the argument in the error."""
+    path = Path(location).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"--resume {resume}: no such file or directory")
+        raise FileNotFoundError(f"{what} {location}: no such file or directory")
     for candidate in (path, path / "checkpoints"):
         ckpt = read_checkpoint(candidate) or latest_checkpoint(candidate)
         if ckpt is not None:
             return ckpt
-    raise FileNotFoundError(f"--resume {resume}: found no complete checkpoint there (expected a run "
+    raise FileNotFoundError(f"{what} {location}: found no complete checkpoint there (expected a run "
                             f"directory, its checkpoints/ folder, or a step_N folder holding {MARKER})")
 
 

@@ -291,16 +291,14 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None
     RUN_DIR/eval/test_<tag>.json) and every rank returns them.
     """
     from . import dist as distmod
-    from .checkpoint import find_resume_checkpoint
+    from .checkpoint import find_checkpoint
     from .tasks import build_task
     if cfg.run.task not in ("classify", "linprobe"):
         raise ValueError(f"run.task is {cfg.run.task!r}: only classification runs (classify, linprobe) can be "
                          "evaluated")
     if not cfg.data.val:
         raise ValueError("data.val is empty: name the test manifests, e.g. data.val=/data/ucf101/test/manifest.json")
-    ckpt = find_resume_checkpoint(str(checkpoint), Path(checkpoint))
-    if ckpt is None:
-        raise FileNotFoundError(f"{checkpoint}: no complete checkpoint found")
+    ckpt = find_checkpoint(checkpoint, what="checkpoint to evaluate")
     cfg.model.init = None  # the checkpoint holds the whole model
     task = build_task(cfg)
     dist = distmod.init_distributed(cfg.train.dist_timeout_s)

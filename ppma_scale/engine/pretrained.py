@@ -47,11 +47,8 @@ def read_state_dict(path: str | Path) -> StateDict:
                                 "checkpoint folder, a .safetensors/.pt file or a Hugging Face model folder)")
     if _is_run_or_checkpoint(location):
         from ..export import consolidated_state_dict
-        from .checkpoint import find_resume_checkpoint
-        ckpt = find_resume_checkpoint(str(location), location)
-        if ckpt is None:
-            raise FileNotFoundError(f"{path}: no complete checkpoint found")
-        return consolidated_state_dict(ckpt)
+        from .checkpoint import find_checkpoint
+        return consolidated_state_dict(find_checkpoint(location, what="pretrained weights"))
     return load_weights_file(location)
 
 

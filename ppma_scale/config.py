@@ -129,7 +129,8 @@ class AugmentConfig:
 class OptimConfig:
     """AdamW with linear warmup and cosine decay, stepped per optimizer step."""
 
-    lr: Optional[float] = None  # absolute peak lr; None = base_lr * global_batch / lr_ref_batch
+    lr: Optional[float] = None  # absolute peak lr; None = base_lr * global_batch / lr_ref_batch, where the
+    # global batch counts decoded videos (micro_batch x grad_accum x ranks; repeat_aug views not counted)
     base_lr: float = 1.5e-4
     lr_ref_batch: int = 256
     min_lr: float = 0.0
@@ -146,7 +147,7 @@ class OptimConfig:
 class TrainConfig:
     """The loop: batch geometry, length, precision, sharding, logging and checkpoint cadence."""
 
-    micro_batch: int = 8  # clips per GPU per forward
+    micro_batch: int = 8  # videos per GPU per step; the forward sees micro_batch x data.repeat_aug clips
     grad_accum: int = 1
     epochs: float = 1.0
     max_steps: Optional[int] = None  # stop after this many optimizer steps (wins over epochs)

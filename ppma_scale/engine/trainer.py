@@ -98,7 +98,9 @@ class _Schedule:
                              f"{train.grad_accum}: use more data, a smaller micro_batch or less accumulation")
         self.total = train.max_steps if train.max_steps is not None else math.ceil(train.epochs * self.steps_per_epoch)
         warmup = optim.warmup_steps if optim.warmup_steps is not None else round(optim.warmup_epochs * self.steps_per_epoch)
-        self.global_batch = train.micro_batch * cfg.data.repeat_aug * train.grad_accum * world_size
+        # The linear scaling rule counts decoded videos, as the MAE family's recipes (base_lr per 256)
+        # do: repeated augmentation's extra views of a video do not raise the lr.
+        self.global_batch = train.micro_batch * train.grad_accum * world_size
         self.lr = WarmupCosine(peak=peak_lr(optim.lr, optim.base_lr, optim.lr_ref_batch, self.global_batch),
                                total_steps=self.total, warmup_steps=min(warmup, self.total), min_lr=optim.min_lr)
 
@@ -194,7 +196,8 @@ class _Trainer:
             log.event("resume", f"resuming from {ckpt.path} at step {start} (saved on {ckpt.world_size} ranks, "
                       f"now {dist.world_size})", step=start, checkpoint=str(ckpt.path))
         log.event("start", f"training {schedule.total} optimizer steps ({schedule.steps_per_epoch}/epoch, global "
-                  f"batch {schedule.global_batch}, peak lr {schedule.lr.peak:.3g}) on {dist.world_size} rank(s)",
+                  f"batch {schedule.global_batch} videos x {cfg.data.repeat_aug} views, peak lr "
+                  f"{schedule.lr.peak:.3g}) on {dist.world_size} rank(s)",
                   step=start, total_steps=schedule.total, world_size=dist.world_size)
         try:
             return self._loop(engine, stream, schedule, log, start)

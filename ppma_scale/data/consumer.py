@@ -231,7 +231,8 @@ class _Consumer:
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: SLURM signals every process of a job, but a stop must be decided
-    by the ranks (finish the step, save); a worker killed by SIGTERM/SIGUSR1 would starve that step."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)
+    """DataLoader `worker_init_fn`: SLURM's preemption warning (`--signal=USR1@...`) reaches every
+    process of a job step, and SIGUSR1's default action would kill the worker that the ranks' last
+    step before saving still needs. SIGTERM keeps its default: it is how a worker is stopped when its
+    rank exits."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)

@@ -62,6 +62,18 @@ class TrainStream:
         return self._step
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.close()
+        self._batches = self._iterate()
+        return self._batches
+
+    def close(self) -> None:
+        """Stop the iteration and its DataLoader workers now (also after an error, whose traceback
+        would otherwise keep the workers alive until the interpreter exits)."""
+        batches, self._batches = getattr(self, "_batches", None), None
+        if batches is not None:
+            batches.close()
+
+    def _iterate(self) -> Iterator[dict[str, Any]]:
         dataset = ConsumerStream(self.ctx, self._plan, [dict(c) for c in self._cursors])
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
                             prefetch_factor=self.prefetch if self.num_workers else None,

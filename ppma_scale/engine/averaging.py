@@ -117,11 +117,12 @@ class AveragedTrunk(nn.Module):
     def blended_parameters(self) -> dict[str, torch.Tensor]:
         """The trunk's parameters as differentiable functions of alpha."""
         weights = self.mixing_weights()
+        dtype = self.alpha.dtype  # the engine's compute dtype (ZeRO-3 casts parameters, not these buffers)
         blended = {}
         for index, key in enumerate(self.param_names):
             stack = getattr(self, self._slot(index))
             w = weights if self.mode == "per_model" else weights[index]
-            blended[key] = torch.tensordot(w.to(stack.dtype), stack, dims=1)
+            blended[key] = torch.tensordot(w.to(stack.dtype), stack, dims=1).to(dtype)
         return blended
 
     def _trunk_tensors(self) -> dict[str, torch.Tensor]:

@@ -179,6 +179,14 @@ def _import_known_tasks() -> None:
 class MAETask(Task):
     """Stage 1: masked autoencoding of video clips (MSE on masked, per-patch normalised patches)."""
 
+    def validate(self) -> None:
+        super().validate()
+        mae = self.cfg.mae
+        if not 0.0 < mae.mask_ratio < 1.0:
+            raise ValueError(f"mae.mask_ratio must be in (0, 1), got {mae.mask_ratio}")
+        if not 0.0 <= mae.decoder_mask_ratio < 1.0:
+            raise ValueError(f"mae.decoder_mask_ratio must be in [0, 1), got {mae.decoder_mask_ratio}")
+
     def build_model(self, dist: DistInfo) -> nn.Module:
         from ..models import build_mae
         cfg = self.cfg

@@ -146,3 +146,16 @@ def test_label_space_by_class_name(make_shards, tmp_path):
         stream([a], classes=str(names), require_labels=True)
     c = make_shards("c", [4], classes=["run", "sit", "wave", "jump"])
     assert stream([a, c]).classes == ["wave", "jump", "squat", "walk", "run", "sit"]  # union, first set first
+
+
+def test_close_stops_the_workers_while_a_batch_is_still_held(make_shards):
+    """The trainer closes the stream when a step raises: the workers must go at once, since the
+    error's traceback keeps the half-used iterator alive and the interpreter's exit would wait."""
+    import multiprocessing
+    before = set(multiprocessing.active_children())  # other tests' abandoned iterators may linger
+    s = stream([make_shards("a", [4, 4])], num_workers=2)
+    batches = iter(s)
+    held = next(batches)  # noqa: F841 - a live reference, as in a failing step's frame
+    assert len(set(multiprocessing.active_children()) - before) == 2
+    s.close()
+    assert set(multiprocessing.active_children()) - before == set()

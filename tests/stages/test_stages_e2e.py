@@ -159,3 +159,27 @@ def test_average_cli_equals_a_hand_computed_average(work, mae_weights, align):
     assert soup.keys() == shared and a.keys() - shared == {"norm.weight", "norm.bias"}  # MAE's final norm
     for key in shared:
         assert torch.equal(soup[key], (a[key].double() * 0.5 + b[key].double() * 0.5).float()), key
+
+
+def test_linear_probe_and_averaging_under_zero3_bf16(work, tiny_shards, align, mae_weights):
+    """ZeRO-3 shards the parameters: the probe's feature pass and the averaging blend touch the trunk
+    outside DeepSpeed's forward, and must still see whole tensors."""
+    probe_dir = work / "linprobe_zero3"
+    deepspeed("linprobe.py", "linprobe_test.yaml", probe_dir, "train.zero_stage=3", "train.precision=bf16",
+              f"model.init={align[0]}", f"data.train={tiny_shards['downstream_train']}",
+              f"data.val={tiny_shards['downstream_val']}")
+    before, after = read_state_dict(align[0]), read_state_dict(probe_dir)
+    trunk = [k for k in after if k.startswith("encoder.")]
+    # frozen weights live in bf16 under a bf16 engine (fixed position tables stay fp32): unchanged up
+    # to that one rounding
+    assert len(trunk) > 10 and all(torch.equal(after[k], before[k]) or torch.equal(after[k], before[k].bfloat16().float())
+                                   for k in trunk)
+    assert all(0 < m["loss"] < 10 for m in read_jsonl(probe_dir / "metrics.jsonl"))
+
+    avg_dir = work / "averaged_zero3"
+    deepspeed("finetune.py", "finetune_test.yaml", avg_dir, "train.zero_stage=3", "train.precision=bf16",
+              "model.init=null", f"model.average=[{mae_weights}, {align[0]}]",
+              f"data.train={tiny_shards['downstream_train']}", f"data.val={tiny_shards['downstream_val']}")
+    alpha = read_state_dict(avg_dir)["encoder.alpha"]
+    assert alpha.shape == (2,) and alpha.abs().max() > 0
+    assert only_eval(avg_dir)["videos"] == 8

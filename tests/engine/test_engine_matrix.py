@@ -1,4 +1,4 @@
-"""The real trainer + DeepSpeed engine over ZeRO 0/1/2/3, fp32/bf16, CPU offload and accumulation, on one rank.
+"""The real trainer + DeepSpeed engine over ZeRO 0/1/2/3, fp32/bf16/fp16, CPU offload and accumulation, on one rank.
 
 Every case poisons one optimizer step with a NaN loss: the step must be skipped in every
 configuration (DeepSpeed's overflow check, or our guard for plain fp32) and leave the weights
@@ -18,6 +18,7 @@ CASES = [
     {"name": "z0_bf16", "train": {"zero_stage": 0, "precision": "bf16"}},
     {"name": "z1_bf16_accum2", "train": {"zero_stage": 1, "precision": "bf16", "grad_accum": 2}},
     {"name": "z2_fp32", "train": {"zero_stage": 2, "precision": "fp32"}},
+    {"name": "z2_fp16", "train": {"zero_stage": 2, "precision": "fp16"}},  # dynamic loss scaling
     {"name": "z2_bf16_offload", "train": {"zero_stage": 2, "precision": "bf16", "offload": "cpu"}},
     {"name": "z3_bf16", "train": {"zero_stage": 3, "precision": "bf16"}},
     {"name": "z3_fp32_accum2", "train": {"zero_stage": 3, "precision": "fp32", "grad_accum": 2}},

@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO / "launch"))
 
 DOWNSTREAM_CORPUS = dict(num_classes=8, clips_per_class=32, frames=32, width=128, height=96, fps=15.0, seed=1,
                          val_fraction=0.25)
+ALIGN_WEIGHTS = (0.85, 0.15)  # synthetic : labelled nohuman batches in stage 2, about their sizes
 TRUNKS = (  # (row label, run name, where its weights come from: a stage run name or None = random)
     ("random init (no pretraining)", "linprobe_random", None),
     ("MAE only (stage 1 on nohuman)", "linprobe_mae", "mae"),
@@ -119,7 +120,8 @@ def run_after_stage1(data_dir: Path, runs: Path, ranks: int, mae_dir: Path) -> s
     down_train, down_val = prepare_downstream(data_dir)
     geometry = trunk_overrides(mae_dir)
     align_dir = runs / "align"
-    mix = f"data.train=[{{manifest: {synthetic}}}, {{manifest: {nohuman}}}]"
+    mix = (f"data.train=[{{manifest: {synthetic}, weight: {ALIGN_WEIGHTS[0]}}}, "
+           f"{{manifest: {nohuman}, weight: {ALIGN_WEIGHTS[1]}}}]")
     timings["align"] = stage("launch/align.py", "configs/demo/align.yaml", align_dir,
                              [f"model.init={mae_dir}", mix, *geometry], ranks)
     sources = {"mae": mae_dir, "align": align_dir}

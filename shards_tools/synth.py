@@ -1,9 +1,10 @@
 """Procedural demo corpora that mirror PPMA's three data roles, rendered with numpy/PIL, encoded with PyAV.
 
-- `synthetic`:  stick-figure "virtual humans" performing parametric actions (stage-2 alignment data);
+- `synthetic`:  stick-figure "virtual humans" performing parametric actions, random position, size,
+                speed, phase, facing and colours (stage-2 alignment data);
 - `nohuman`:    the same class names, but scenes without any figure: each class keeps a typical
                 motion and backdrop (as No-Human Kinetics keeps the label after removing the person);
-- `downstream`: the same actions rendered differently (solid limbs, per-part palettes, tiled floor,
+- `downstream`: the same actions rendered differently (thicker limbs, per-part palettes, tiled floor,
                 camera zoom) for linear probe / fine-tune.
 
 Every clip is a pure function of (seed, kind, class, clip index), so a corpus is reproducible and
@@ -20,6 +21,7 @@ import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,7 @@ from PIL import Image, ImageDraw
 
 from shards_tools.figures import ACTIONS, BONES, HEAD_RADIUS, skeleton
 from shards_tools.parallel import default_workers
-from shards_tools.scenes import background, contrasting_colour, random_colour, render_scene
+from shards_tools.scenes import background, random_colour, render_scene
 from shards_tools.videoio import encode_video, video_extension
 
 KINDS = ("synthetic", "nohuman", "downstream")
@@ -49,20 +51,8 @@ class ClipSpec:
     seed: int
 
 
-def _draw_props(rng: np.random.Generator, image: np.ndarray, count: int) -> np.ndarray:
-    """Static muted boxes (furniture, windows) so backgrounds are not flat."""
-    pil = Image.fromarray(image)
-    draw = ImageDraw.Draw(pil)
-    h, w = image.shape[:2]
-    for _ in range(count):
-        x0, y0 = rng.uniform(0, w), rng.uniform(0, h * 0.8)
-        draw.rectangle((x0, y0, x0 + rng.uniform(0.05, 0.3) * w, y0 + rng.uniform(0.05, 0.3) * h),
-                       fill=random_colour(rng, value=(0.2, 0.7)))
-    return np.asarray(pil).copy()
-
-
 def _tiled_floor(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Downstream backdrop: dark sky gradient over a perspective checkerboard floor."""
+    """Downstream backdrop: dim sky gradient over a dim perspective checkerboard floor."""
     sky = background(rng, h, w, "gradient")
     sky = (sky.astype(np.float32) * rng.uniform(0.3, 0.6)).astype(np.uint8)
     horizon = int(rng.uniform(0.45, 0.65) * h)
@@ -71,52 +61,79 @@ def _tiled_floor(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     tile = rng.uniform(0.08, 0.2) * w
     checker = ((np.floor((x - w / 2) / (tile * depth + 1e-3)) + np.floor(6 / depth)) % 2)[..., None]
     a, b = np.array(random_colour(rng)), np.array(random_colour(rng, value=(0.1, 0.5)))
-    sky[horizon:] = (a * checker + b * (1 - checker)).astype(np.uint8)
+    sky[horizon:] = ((a * checker + b * (1 - checker)) * 0.4).astype(np.uint8)
     return sky
 
 
+def _dark_backdrop(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Synthetic backdrop: a dim gradient of random hue (the figure, not the backdrop, carries the class)."""
+    return (background(rng, h, w, "gradient").astype(np.float32) * rng.uniform(0.15, 0.4)).astype(np.uint8)
+
+
+@lru_cache(maxsize=None)
+def _action_extent(name: str) -> tuple[float, float, float]:
+    """(half width, lowest y, height) in body units of every joint and the head over one cycle, either facing."""
+    xs, ys = [], []
+    for phase in np.linspace(0, 2 * math.pi, 24, endpoint=False):
+        for name_, (x, y) in skeleton(ACTIONS[name](phase)).items():
+            r = HEAD_RADIUS * 1.25 if name_ == "head" else 0.04
+            xs += [abs(x) + r]
+            ys += [y - r, y + r]
+    return max(xs), min(ys), max(ys) - min(ys)
+
+
 def _figure_clip(spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
-    """A figure performing its class's action; `synthetic` = thin sticks, `downstream` = solid limbs."""
-    action = ACTIONS[CLASS_NAMES[spec.class_index]]
+    """A figure performing its class's action, sized to fill most of the frame height.
+
+    `synthetic`: one bright colour, thick sticks, dim gradient backdrop; `downstream`: bright
+    per-part colours, thicker capsule limbs, a checkerboard floor, a slow camera zoom. Both keep
+    the figure bright against a dim scene: measured on the demo, a tiny ViT learns the actions in
+    CPU minutes then, while with random backdrop/figure palettes it only memorises colours
+    (bench/stages/RESULTS.md)."""
+    name = CLASS_NAMES[spec.class_index]
+    action = ACTIONS[name]
     h, w, solid = spec.height, spec.width, spec.kind == "downstream"
     if solid:
         backdrop = _tiled_floor(rng, h, w)
-        scale = rng.uniform(0.45, 0.7) * h
-        cycles_per_second = rng.uniform(0.5, 1.1)
-        zoom = rng.uniform(-0.25, 0.25)
+        cycles_per_second = rng.uniform(0.5, 0.9)
+        zoom = rng.uniform(-0.15, 0.15)
+        colours = {part: random_colour(rng, value=(0.75, 1.0)) for part in ("torso", "arms", "legs", "head")}
     else:
-        backdrop = _draw_props(rng, background(rng, h, w), int(rng.integers(0, 4)))
-        scale = rng.uniform(0.5, 0.8) * h
-        cycles_per_second = rng.uniform(0.7, 1.5)
+        backdrop = _dark_backdrop(rng, h, w)
+        cycles_per_second = rng.uniform(0.6, 1.1)
         zoom = 0.0
-    colours = {part: contrasting_colour(rng, backdrop) for part in ("torso", "arms", "legs", "head")}
-    if not solid:
-        colours = dict.fromkeys(colours, colours["torso"])
-    thickness = max(1, round(scale * (0.09 if solid else 0.04)))
-    ground = rng.uniform(0.88, 0.98) * h
+        colours = dict.fromkeys(("torso", "arms", "legs", "head"), random_colour(rng, value=(0.8, 1.0)))
+    half_width, lowest, height = _action_extent(name)
+    fill = rng.uniform(0.65, 0.85)
+    scale = fill * h / (height * (1 + abs(zoom)))
+    thickness = max(1, round(scale * 0.085 * (1.3 if solid else 1.0)))
     facing = float(rng.choice((-1.0, 1.0)))
+    half_w = half_width * scale
     travel = 0.0
-    if action.__name__ == "walk":  # walkers cross the frame in the direction they face
-        travel = facing * min(rng.uniform(0.25, 0.5) * scale * cycles_per_second / spec.fps, 0.6 * w / spec.frames)
-    start_x = rng.uniform(0.3, 0.7) * w - travel * spec.frames / 2
-    phase0, shake = rng.uniform(0, 2 * math.pi), rng.normal(0, 0.6, size=(spec.frames, 2)).cumsum(0) * 0.3
+    if name == "walk":  # walkers cross the frame in the direction they face
+        travel = facing * min(rng.uniform(0.15, 0.3) * w, max(0.0, w - 2 * half_w)) / max(spec.frames - 1, 1)
+    span = abs(travel) * (spec.frames - 1)
+    lo, hi = half_w, w - half_w - span
+    start_x = (rng.uniform(lo, hi) if hi > lo else (w - span) / 2) + (span if travel < 0 else 0.0)
+    ground = h - (h - fill * h) / 2 * rng.uniform(0.2, 1.8) + lowest * scale
+    phase0 = rng.uniform(0, 2 * math.pi)
+    shake = rng.normal(0, 0.6, size=(spec.frames, 2)).cumsum(0) * 0.3
     out = np.empty((spec.frames, h, w, 3), np.uint8)
     for t in range(spec.frames):
         joints = skeleton(action(phase0 + 2 * math.pi * cycles_per_second * t / spec.fps))
         size = scale * (1.0 + zoom * t / spec.frames)
         cx, cy = start_x + travel * t + shake[t, 0], ground + shake[t, 1]
-        px = {name: (cx + facing * p[0] * size, cy - p[1] * size) for name, p in joints.items()}
+        px = {joint: (cx + facing * p[0] * size, cy - p[1] * size) for joint, p in joints.items()}
         image = Image.fromarray(backdrop)
         draw = ImageDraw.Draw(image)
+        radius = thickness / 2
         for part, bones in BONES.items():
             for a, b in bones:
                 draw.line((px[a], px[b]), fill=colours[part], width=thickness)
-                if solid:  # round joints make capsule limbs
-                    r = thickness / 2
-                    for x, y in (px[a], px[b]):
-                        draw.ellipse((x - r, y - r, x + r, y + r), fill=colours[part])
+                for x, y in (px[a], px[b]):  # round joints make capsule limbs
+                    draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colours[part])
         hx, hy = px["head"]
-        r = HEAD_RADIUS * size * (1.25 if solid else 1.0)
+        r = HEAD_RADIUS * size * (1.25 if solid else 1.1)
         draw.ellipse((hx - r, hy - r, hx + r, hy + r), fill=colours["head"])
         out[t] = np.asarray(image)
     return out

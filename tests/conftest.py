@@ -58,3 +58,23 @@ def tiny_shards(tmp_path_factory) -> dict[str, pathlib.Path]:
 def tiny_shards_vp9(tmp_path_factory) -> dict[str, pathlib.Path]:
     """Same as `tiny_shards` but VP9 in webm: the codec DALI's CPU backend decodes."""
     return _build_tiny_shards(tmp_path_factory.mktemp("tiny_shards_vp9"), "vp9")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_orphaned_deepspeed_shm():
+    """Runs that the tests kill on purpose cannot remove DeepSpeed's CPU all-reduce segments
+    (/dev/shm, ~69 MB of RAM each; ppma_scale.engine.dist.shutdown removes them on a normal exit).
+    At the end of the session, remove those the session created that no process maps any more."""
+    shm = pathlib.Path("/dev/shm")
+    pattern = "deepspeed_allreduce_buffer_*"
+    before = {p.name for p in shm.glob(pattern)}
+    yield
+    mapped = set()
+    for maps in pathlib.Path("/proc").glob("[0-9]*/maps"):
+        try:
+            mapped.update(line.split()[-1] for line in maps.read_text().splitlines() if "deepspeed_allreduce" in line)
+        except OSError:  # the process ended while we looked, or is not ours
+            continue
+    for path in shm.glob(pattern):
+        if path.name not in before and str(path) not in mapped:
+            path.unlink(missing_ok=True)

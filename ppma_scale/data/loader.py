@@ -14,6 +14,7 @@ micro-batch) the current epoch continues over exactly the samples no rank had co
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -63,13 +64,19 @@ class TrainStream:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.close()
-        self._batches = self._iterate()
-        return self._batches
+        batches = self._iterate()
+        # Only a weak reference: a strong one would close a cycle (the generator's frame holds
+        # `self`), and a DataLoader freed by the cycle collector cannot reach its workers any more
+        # (its queues' feeder threads are finalised first), so each worker then costs a 5 s join
+        # timeout. Weakly held, an abandoned iteration is freed, and its workers stopped, at once.
+        self._batches = weakref.ref(batches)
+        return batches
 
     def close(self) -> None:
         """Stop the iteration and its DataLoader workers now (also after an error, whose traceback
         would otherwise keep the workers alive until the interpreter exits)."""
-        batches, self._batches = getattr(self, "_batches", None), None
+        ref, self._batches = getattr(self, "_batches", None), None
+        batches = ref() if ref is not None else None
         if batches is not None:
             batches.close()
 

@@ -13,6 +13,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
+from ppma_scale.engine.dist import shutdown
 from ppma_scale.models import MAE, VideoViT, resolve_size
 
 parser = argparse.ArgumentParser()
@@ -50,3 +51,4 @@ if dist.get_rank() == 0:
     Path(args.out, "result.json").write_text(json.dumps(
         {"losses": every, "reference_first": ref_loss.item(), "partitioned": partitioned}))
 dist.barrier()
+shutdown()  # also removes DeepSpeed's CPU all-reduce segments from /dev/shm

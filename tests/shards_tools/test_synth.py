@@ -63,6 +63,22 @@ def test_downstream_renders_differently_from_synthetic():
     assert np.abs(stick.astype(int) - solid.astype(int)).mean() > 20
 
 
+@pytest.mark.parametrize("kind", ["synthetic", "downstream"])
+def test_figures_are_bright_on_a_dim_scene_and_fill_most_of_the_height(kind):
+    """What makes the demo learnable in CPU minutes (bench/stages/RESULTS.md): the figure, not the
+    palette, carries the class, so it must stand out brightly and be large in every clip."""
+    for label in range(len(CLASS_NAMES)):
+        for clip in range(3):
+            frames = render_clip(ClipSpec(kind, label, clip, len(CLASS_NAMES), 16, 96, 128, 15.0, 0))
+            value = frames.max(axis=-1)  # HSV value: figures >= 0.75, backdrops <= 0.6 of full scale
+            bright = value > 170  # the figure's pixels
+            assert np.median(value) < 110, f"{kind}/{CLASS_NAMES[label]}/{clip}: the scene is not dim"
+            assert 0.02 < bright.mean() < 0.4, f"{kind}/{CLASS_NAMES[label]}/{clip}: figure area {bright.mean():.3f}"
+            rows = np.flatnonzero(bright.any(axis=(0, 2)))
+            extent = (rows.max() - rows.min() + 1) / frames.shape[1]
+            assert 0.5 < extent <= 1.0, f"{kind}/{CLASS_NAMES[label]}/{clip}: figure spans {extent:.2f} of the height"
+
+
 def test_frame_folder_output(tmp_path):
     paths = render_corpus("downstream", tmp_path, num_classes=1, clips_per_class=1, frames=5, width=32,
                           height=24, val_fraction=0.0, output_format="frames", workers=1)

@@ -66,9 +66,10 @@ class TrainStream:
         self.close()
         batches = self._iterate()
         # Only a weak reference: a strong one would close a cycle (the generator's frame holds
-        # `self`), and a DataLoader freed by the cycle collector cannot reach its workers any more
-        # (its queues' feeder threads are finalised first), so each worker then costs a 5 s join
-        # timeout. Weakly held, an abandoned iteration is freed, and its workers stopped, at once.
+        # `self`), and a DataLoader freed by the cycle collector no longer reaches its workers
+        # (measured: each worker then costs the 5 s join timeout; most likely its queues' feeder
+        # threads are finalised first). Weakly held, an abandoned iteration is freed, and its
+        # workers stopped, at once.
         self._batches = weakref.ref(batches)
         return batches
 

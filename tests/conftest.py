@@ -16,6 +16,7 @@ copy a set before changing it.
 """
 from __future__ import annotations
 
+import os
 import pathlib
 
 import pytest
@@ -66,7 +67,7 @@ def remove_orphaned_deepspeed_shm():
     (/dev/shm, ~69 MB of RAM each; ppma_scale.engine.dist.shutdown removes them on a normal exit).
     At the end of the session, remove those the session created that no process maps any more."""
     shm = pathlib.Path("/dev/shm")
-    pattern = "deepspeed_allreduce_buffer_*"
+    pattern = f"deepspeed_allreduce_buffer_{os.getuid()}_*"  # ours only: others' are not ours to remove
     before = {p.name for p in shm.glob(pattern)}
     yield
     mapped = set()

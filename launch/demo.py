@@ -29,6 +29,7 @@ DEMO_CORPUS = dict(num_classes=8, frames=32, width=128, height=96, fps=15.0, see
 # clips per class: stage 2 needs many figures to learn the actions rather than each clip's look
 DEMO_CLIPS_PER_CLASS = {"nohuman": 24, "synthetic": 128}
 DEMO_PACK = dict(short_side=72, gop=8, min_frames=16, max_samples=24)
+DEMO_WORKERS = min(4, os.cpu_count() or 1)  # render / pack processes
 
 
 def prepare_shards(kind: str, data_dir: Path) -> Path:
@@ -40,12 +41,11 @@ def prepare_shards(kind: str, data_dir: Path) -> Path:
     if manifest.is_file():
         print(f"[demo] {kind} shards: {manifest} (already there)")
         return manifest
-    workers = min(4, os.cpu_count() or 1)
     print(f"[demo] rendering the {kind} corpus ...", flush=True)
-    paths = render_corpus(kind, data_dir / "corpora" / kind, clips_per_class=DEMO_CLIPS_PER_CLASS[kind], workers=workers,
-                          **DEMO_CORPUS)
+    paths = render_corpus(kind, data_dir / "corpora" / kind, clips_per_class=DEMO_CLIPS_PER_CLASS[kind],
+                          workers=DEMO_WORKERS, **DEMO_CORPUS)
     print(f"[demo] packing {kind} into shards ...", flush=True)
-    pack(paths["train"], shards, dataset=kind, workers=workers, progress=False, **DEMO_PACK)
+    pack(paths["train"], shards, dataset=kind, workers=DEMO_WORKERS, progress=False, **DEMO_PACK)
     return manifest
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,8 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "launch"))
 
-DOWNSTREAM_CORPUS = dict(num_classes=8, clips_per_class=32, frames=32, width=128, height=96, fps=15.0, seed=1,
-                         val_fraction=0.25)
+from demo import DEMO_CORPUS, DEMO_PACK, DEMO_WORKERS  # noqa: E402 (after the sys.path lines)
+
+DOWNSTREAM_CORPUS = dict(DEMO_CORPUS, clips_per_class=32, seed=1, val_fraction=0.25)
 ALIGN_WEIGHTS = (0.85, 0.15)  # synthetic : labelled nohuman batches in stage 2, about their sizes
 TRUNKS = (  # (row label, run name, where its weights come from: a stage run name or None = random)
     ("random init (no pretraining)", "linprobe_random", None),
@@ -41,17 +41,15 @@ TRUNKS = (  # (row label, run name, where its weights come from: a stage run nam
 
 def prepare_downstream(data_dir: Path) -> tuple[Path, Path]:
     """Render and pack the downstream corpus's train and val splits (reused when already packed)."""
-    from demo import DEMO_PACK
     from shards_tools.pack import pack
     from shards_tools.synth import render_corpus
     manifests = tuple(data_dir / "shards" / f"downstream_{split}" / "manifest.json" for split in ("train", "val"))
     if all(m.is_file() for m in manifests):
         return manifests
-    workers = min(4, os.cpu_count() or 1)
     print("[demo] rendering the downstream corpus ...", flush=True)
-    paths = render_corpus("downstream", data_dir / "corpora" / "downstream", workers=workers, **DOWNSTREAM_CORPUS)
+    paths = render_corpus("downstream", data_dir / "corpora" / "downstream", workers=DEMO_WORKERS, **DOWNSTREAM_CORPUS)
     for split, manifest in zip(("train", "val"), manifests):
-        pack(paths[split], manifest.parent, dataset="downstream", workers=workers, progress=False, **DEMO_PACK)
+        pack(paths[split], manifest.parent, dataset="downstream", workers=DEMO_WORKERS, progress=False, **DEMO_PACK)
     return manifests
 
 

@@ -16,7 +16,6 @@ copy a set before changing it.
 """
 from __future__ import annotations
 
-import os
 import pathlib
 
 import pytest
@@ -66,16 +65,16 @@ def remove_orphaned_deepspeed_shm():
     """Runs that the tests kill on purpose cannot remove DeepSpeed's CPU all-reduce segments
     (/dev/shm, ~69 MB of RAM each; ppma_scale.engine.dist.shutdown removes them on a normal exit).
     At the end of the session, remove those the session created that no process maps any more."""
-    shm = pathlib.Path("/dev/shm")
-    pattern = f"deepspeed_allreduce_buffer_{os.getuid()}_*"  # ours only: others' are not ours to remove
-    before = {p.name for p in shm.glob(pattern)}
+    from ppma_scale.engine.dist import DS_SHM_PREFIX, SHM_DIR
+    pattern = DS_SHM_PREFIX + "*"  # this user's only: others' are not ours to remove
+    before = {p.name for p in SHM_DIR.glob(pattern)}
     yield
     mapped = set()
     for maps in pathlib.Path("/proc").glob("[0-9]*/maps"):
         try:
-            mapped.update(line.split()[-1] for line in maps.read_text().splitlines() if "deepspeed_allreduce" in line)
+            mapped.update(line.split()[-1] for line in maps.read_text().splitlines() if DS_SHM_PREFIX in line)
         except OSError:  # the process ended while we looked, or is not ours
             continue
-    for path in shm.glob(pattern):
+    for path in SHM_DIR.glob(pattern):
         if path.name not in before and str(path) not in mapped:
             path.unlink(missing_ok=True)

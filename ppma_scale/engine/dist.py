@@ -102,14 +102,14 @@ def broadcast_object(obj, src: int = 0):
 
 
 SHM_DIR = Path("/dev/shm")
+DS_SHM_PREFIX = f"deepspeed_allreduce_buffer_{os.getuid()}_"  # this user's segments, see below
 
 
 def deepspeed_cpu_allreduce_buffer(rank: int, env: dict[str, str] | None = None) -> Path:
     """The shared-memory segment DeepSpeed's CPU all-reduce op (the JIT-built `shm_comm`) maps for
     `rank` when all ranks share a machine: named by user id, MASTER_ADDR, MASTER_PORT and rank."""
     env = os.environ if env is None else env
-    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR', '')}_{env.get('MASTER_PORT', '')}_{rank}"
-    return SHM_DIR / name
+    return SHM_DIR / f"{DS_SHM_PREFIX}{env.get('MASTER_ADDR', '')}_{env.get('MASTER_PORT', '')}_{rank}"
 
 
 def shutdown() -> None:

@@ -12,14 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from ppma_scale.engine.dist import resolve_launch_env
+from ppma_scale.engine.dist import DS_SHM_PREFIX, SHM_DIR, deepspeed_cpu_allreduce_buffer, resolve_launch_env
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "demo" / "pretrain_test.yaml"
@@ -47,9 +46,12 @@ def common_args(run_dir: Path, manifest: Path, *overrides: str) -> list[str]:
     return ["--config", str(CONFIG), "--output", str(run_dir), f"data.train={manifest}", *overrides]
 
 
+def child_env(env_extra: dict | None = None) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+
+
 def run(cmd: list[str], env_extra: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(env_extra), cwd=REPO)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -72,35 +74,33 @@ def nohuman(tiny_shards) -> Path:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, nohuman) -> Path:
     run_dir = tmp_path_factory.mktemp("e2e") / "reference"
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(deepspeed_cmd(*common_args(run_dir, nohuman), port=port), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-    out: list[str] = []
-    reader = threading.Thread(target=lambda: out.extend(proc.communicate(timeout=240)), daemon=True)
-    reader.start()
+    port, log = free_port(), run_dir.parent / "reference.log"
     seen: set[str] = set()  # DeepSpeed's shared-memory segments of this run, watched while it runs
-    while reader.is_alive():
-        seen.update(p.name for p in SHM.glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
-        time.sleep(0.2)
-    assert proc.returncode == 0, out[0][-3000:] + out[1][-5000:]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(deepspeed_cmd(*common_args(run_dir, nohuman), port=port), stdout=out,
+                                stderr=subprocess.STDOUT, env=child_env(), cwd=REPO)
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            seen.update(p.name for p in SHM_DIR.glob(f"{DS_SHM_PREFIX}*_{port}_*"))
+            time.sleep(0.2)
+        if proc.poll() is None:  # past the deadline
+            proc.kill()
+    assert proc.wait() == 0, log.read_text()[-8000:]
     REFERENCE_SHM.update(port=port, seen=seen)
     return run_dir
 
 
-SHM = Path("/dev/shm")
 REFERENCE_SHM: dict = {}
 
 
 def test_a_cpu_run_leaves_no_deepspeed_shared_memory_behind(reference):
     """DeepSpeed's CPU all-reduce maps a /dev/shm segment per rank and never removes it; our
     shutdown does, or every CPU run would keep ~140 MB of RAM until the machine runs out."""
-    from ppma_scale.engine.dist import deepspeed_cpu_allreduce_buffer
     port = REFERENCE_SHM["port"]
     expected = {deepspeed_cpu_allreduce_buffer(rank, {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}).name
                 for rank in (0, 1)}
     assert REFERENCE_SHM["seen"] == expected  # the run made exactly the segments we remove ...
-    assert not list(SHM.glob(f"deepspeed_allreduce_buffer_*_{port}_*"))  # ... and none is left
+    assert not list(SHM_DIR.glob(f"{DS_SHM_PREFIX}*_{port}_*"))  # ... and none is left
 
 
 def test_config_error_stops_before_any_work(tmp_path, nohuman):

@@ -30,11 +30,13 @@ def peak_tflops(device_name: str) -> Optional[float]:
     return None
 
 
-def block_flops(tokens: int, dim: int, mlp_hidden: int) -> float:
-    """Forward FLOPs of one transformer block over `tokens` tokens."""
-    projections = 2 * tokens * dim * (3 * dim + dim)  # qkv + output projection
-    attention = 2 * 2 * tokens * tokens * dim  # q@k^T and attn@v over all heads
-    mlp = 2 * 2 * tokens * dim * mlp_hidden
+def block_flops(tokens: int, dim: int, mlp_hidden: int, queries: Optional[int] = None) -> float:
+    """Forward FLOPs of one transformer block over `tokens` tokens, of which only `queries` (all by
+    default) are queries and have outputs (the MAE decoder's last block: the reconstructed ones)."""
+    queries = tokens if queries is None else queries
+    projections = 2 * dim * (3 * dim * tokens + dim * queries)  # qkv of all tokens + output projection
+    attention = 2 * 2 * queries * tokens * dim  # q@k^T and attn@v over all heads
+    mlp = 2 * 2 * queries * dim * mlp_hidden
     return float(projections + attention + mlp)
 
 
@@ -83,8 +85,10 @@ def flops_per_clip(model: nn.Module, mask_ratio: float = 0.0, decoder_mask_ratio
         blocks, embed = encoder_flops(encoder, visible)
         dec_dim = model.decoder_embed.out_features
         dec_hidden = model.decoder_blocks[0].mlp.fc1.out_features
+        tokens = visible + targets
         decoder = (2.0 * visible * encoder.embed_dim * dec_dim
-                   + len(model.decoder_blocks) * block_flops(visible + targets, dec_dim, dec_hidden)
+                   + (len(model.decoder_blocks) - 1) * block_flops(tokens, dec_dim, dec_hidden)
+                   + block_flops(tokens, dec_dim, dec_hidden, queries=targets)  # the last computes targets only
                    + 2.0 * targets * dec_dim * model.decoder_pred.out_features)
         return 3 * (blocks + decoder) + 2 * embed
     if isinstance(model, VideoClassifier):

@@ -51,6 +51,23 @@ def test_encoder_sees_visible_tokens_only_and_decoder_all(small_mae, video, make
     assert encoder_seen == [8] and decoder_seen == [32]
 
 
+def test_decoder_matches_a_full_decoder_sliced_to_the_targets(small_mae, video, make_masks):
+    """The decoder's last block computes only the targets; a reference decoder computes every
+    token through every block and keeps the targets' predictions."""
+    from ppma_scale.models.vit import gather_tokens
+    mae = small_mae
+    loss, extras = mae(video, make_masks(2, 32, 24))
+    visible_idx, target_idx = extras["visible_idx"], extras["target_idx"]
+    latent = mae.encoder(video, visible_idx)
+    pos = mae.decoder_pos_embed
+    x = torch.cat([mae.decoder_embed(latent) + gather_tokens(pos, visible_idx),
+                   mae.mask_token + gather_tokens(pos, target_idx)], dim=1)
+    for block in mae.decoder_blocks:
+        x = block(x)
+    reference = mae.decoder_pred(mae.decoder_norm(x))[:, -target_idx.shape[1]:]
+    torch.testing.assert_close(extras["pred"], reference, atol=1e-5, rtol=0)
+
+
 def test_decoder_masking_reconstructs_only_the_chosen_tokens(small_mae, video, make_masks):
     mask = make_masks(2, 32, 24)
     decoder_mask = mask & make_masks(2, 32, 16, seed=5)

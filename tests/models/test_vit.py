@@ -9,7 +9,7 @@ from transformers.models.videomae.modeling_videomae import get_sinusoid_encoding
 
 from ppma_scale.models import pos_embed as pe
 from ppma_scale.models import resolve_size, set_attention
-from ppma_scale.models.vit import VideoViT, gather_tokens
+from ppma_scale.models.vit import VideoViT, gather_tokens, run_blocks
 
 
 def forward_backward(model, video, visible_idx=None):
@@ -91,6 +91,27 @@ def test_checkpointing_with_token_dropping_gradients(make_encoder, video, make_m
     ckpt.load_state_dict(plain.state_dict())
     idx = torch.argsort(make_masks(2, plain.num_patches, 20).to(torch.int8), dim=1, stable=True)[:, :12]
     assert_same(forward_backward(plain, video, idx), forward_backward(ckpt, video, idx), atol=1e-6)
+
+
+@pytest.mark.parametrize("impl,every", [("sdpa", 0), ("math", 0), ("sdpa", 1)])
+def test_last_block_on_kept_tokens_equals_full_blocks_then_slice(make_encoder, impl, every):
+    """keep_last: the final block computes only the last tokens; same values and gradients."""
+    torch.manual_seed(0)
+    blocks = make_encoder(layer_scale=0.5).blocks
+    set_attention(blocks, impl)
+    x = torch.randn(2, 12, 48, requires_grad=True)
+
+    def run(keep_last):
+        blocks.zero_grad(set_to_none=True)
+        x.grad = None
+        out = run_blocks(blocks, x, every, keep_last=keep_last)
+        out = out if keep_last else out[:, -5:]
+        (out.square().mean() + out.mean()).backward()
+        return out.detach(), {"x": x.grad.clone(), **{n: p.grad.clone() for n, p in blocks.named_parameters()}}
+
+    kept, full = run(5), run(None)
+    assert kept[0].shape == (2, 5, 48)
+    assert_same(kept, full, atol=2e-6)
 
 
 def test_layer_scale_and_qkv_bias_options(make_encoder, video):

@@ -1,7 +1,10 @@
 """VideoViT: a plain ViT over tubelet tokens, fast where it matters for video MAE.
 
 - Tubelet embedding is a Conv3d; when only visible tokens are wanted it gathers their raw patches
-  first and applies the same weights as one matmul, so 90% masking skips 90% of the embedding work.
+  first (from a strided view, never copying the clip) and applies the same weights as one matmul,
+  so 90% masking skips 90% of the embedding work.
+- `run_blocks(..., keep_last=M)` lets the last block compute only the last M tokens' outputs
+  (the MAE decoder needs only the reconstructed tokens).
 - Attention is timm's `Attention`, pinned to `F.scaled_dot_product_attention` (flash / efficient /
   cuDNN kernels on GPU); `set_attention(model, "math")` switches to the explicit q@k^T softmax
   formula for equivalence tests and baselines.

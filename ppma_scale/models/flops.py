@@ -2,8 +2,9 @@
 
 Counted: every matmul (tubelet embedding, qkv, q@k^T, attn@v, projections, MLPs, decoder, head),
 at 2 FLOPs per multiply-add, as the model runs them: the MAE decoder's last block has only the
-reconstructed tokens as queries (the visible tokens' outputs are never computed). Backward is twice the forward, except where no input gradient is
-needed (the tubelet embedding, and the head over a frozen trunk: weight gradient only).
+reconstructed tokens as queries (the visible tokens' outputs are never computed). Backward is twice
+the forward, except where no input gradient is needed (the tubelet embedding, and the head over a
+frozen trunk: weight gradient only).
 Activation-checkpoint recomputation is not counted (model FLOPs, not hardware FLOPs), nor are
 norms, softmax and GELU. This is exactly what `torch.utils.flop_counter.FlopCounterMode` counts
 for the explicit-attention path; SDPA's fused backward is counted there at 2.5x forward for the

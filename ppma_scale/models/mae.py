@@ -3,8 +3,8 @@
 Hide most tubelets; the encoder sees only the visible ones (gathered, never mask-multiplied);
 a narrow decoder gets the encoded visible tokens plus a shared mask token at each position to
 reconstruct, and predicts those tubelets' pixels, normalised per patch. Its last block computes
-only the reconstructed tokens (the visible ones' outputs would be thrown away). Optionally the decoder
-reconstructs only a subset of the masked tokens (VideoMAE V2 decoder masking).
+only the reconstructed tokens (the visible ones' outputs would be thrown away). Optionally the
+decoder reconstructs only a subset of the masked tokens (VideoMAE V2 decoder masking).
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ppma_scale.models import MAE
+from ppma_scale.models.vit import gather_tokens
 
 
 def reference_targets(video, index, norm, tubelet=2, patch=8):
@@ -54,7 +55,6 @@ def test_encoder_sees_visible_tokens_only_and_decoder_all(small_mae, video, make
 def test_decoder_matches_a_full_decoder_sliced_to_the_targets(small_mae, video, make_masks):
     """The decoder's last block computes only the targets; a reference decoder computes every
     token through every block and keeps the targets' predictions."""
-    from ppma_scale.models.vit import gather_tokens
     mae = small_mae
     loss, extras = mae(video, make_masks(2, 32, 24))
     visible_idx, target_idx = extras["visible_idx"], extras["target_idx"]

@@ -1,6 +1,7 @@
 """GPU model benchmark, one self-contained run (< 6 min on an H100): builds, checks and times everything.
 
-1. FLOPs: FlopCounterMode on the GPU vs `flops_per_clip` (explicit attention must match exactly).
+1. FLOPs: FlopCounterMode on the GPU vs `flops_per_clip` (explicit attention must match exactly);
+   the MAE decoder's last block on the reconstructed tokens only vs the full block, per SDPA backend.
 2. SDPA backends (flash / efficient / cuDNN / math) on the MAE decoder, fine-tune and encoder shapes.
 3. ViT-L / ViT-H MAE steps in bf16 (16x224, 90% masked), ours and the eager explicit-attention
    baseline, activation checkpointing off and on, each at the largest micro-batch that fits:
@@ -35,6 +36,7 @@ from eager_reference import EagerVideoMAE  # noqa: E402
 
 from ppma_scale.models import MAE, VideoViT, resolve_size, set_attention  # noqa: E402
 from ppma_scale.models.flops import flops_per_clip, mask_counts, peak_tflops  # noqa: E402
+from ppma_scale.models.vit import make_blocks, run_blocks  # noqa: E402
 
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
@@ -244,6 +246,49 @@ def flops_check(bench: Bench) -> dict:
     return out
 
 
+def last_block_check(bench: Bench) -> list[dict]:
+    """The MAE decoder's last block computed on the reconstructed tokens only (`keep_last`) vs the
+    full block then sliced, per SDPA backend, bf16 on this device. Both are compared with an fp32
+    explicit-attention reference: a correct shortcut has errors of the same size as the full path
+    (bf16 rounding), for the output and the gradients of the input and of the qkv weight."""
+    a = bench.args
+    size = resolve_size(a.sizes[0])
+    grid = (a.frames // 2, a.img // size.patch_size, a.img // size.patch_size)
+    tokens = grid[0] * grid[1] * grid[2]
+    _, targets = mask_counts(grid, 0.9)
+    dev = bench.device
+    torch.manual_seed(0)
+    with dev:
+        blocks = make_blocks(size.decoder_dim, 1, size.decoder_heads, size.mlp_ratio, True, None, 0.0)
+        x = torch.randn(2, tokens, size.decoder_dim)
+        grad = torch.randn(2, targets, size.decoder_dim)
+
+    def run(model, inputs, keep, backend):
+        """(output, input grad, qkv weight grad) as fp32, of the last `targets` tokens."""
+        inputs = inputs.detach().requires_grad_(True)
+        model.zero_grad(set_to_none=True)
+        with sdpa_kernel(backend):
+            out = run_blocks(model, inputs, 0, keep_last=keep)
+        out = out if keep else out[:, -targets:]
+        out.backward(grad.to(out.dtype))
+        return out.detach().float(), inputs.grad.float(), model[0].attn.qkv.weight.grad.float()
+
+    reference = run(blocks, x, None, SDPBackend.MATH)
+    low = blocks.to(torch.bfloat16)
+    rows = []
+    for name, backend in BACKENDS.items():
+        row = {"backend": name}
+        try:
+            for path, keep in (("last_only", targets), ("full", None)):
+                got = run(low, x.to(torch.bfloat16), keep, backend)
+                for what, g, r in zip(("out", "grad_x", "grad_qkv"), got, reference):
+                    row[f"{path}_{what}"] = ((g - r).abs().max() / r.abs().max()).item()
+        except RuntimeError as err:
+            row["error"] = str(err).splitlines()[0][:160]
+        rows.append(row)
+    return rows
+
+
 def sdpa_shapes(size_name: str, batch: int, frames: int, img: int) -> dict[str, tuple[int, int, int, int]]:
     size = resolve_size(size_name)
     grid = (frames // 2, img // size.patch_size, img // size.patch_size)
@@ -353,6 +398,14 @@ def table(results: dict) -> str:
     for impl, r in results["flops_check"].items():
         lines.append(f"FLOPs check ({impl} attention): counted/analytic = {r['ratio']:.4f} "
                      f"({r['analytic_per_clip'] / 1e12:.4f} TFLOP/clip analytic)")
+    lines.append("\ndecoder last block, bf16 vs fp32 reference, max |error| / max |reference| "
+                 "(last_only should match full):")
+    for r in results.get("last_block_check", []):
+        if "error" in r:
+            lines.append(f"  {r['backend']:9} {r['error'][:80]}")
+            continue
+        lines.append(f"  {r['backend']:9} " + "  ".join(
+            f"{what} {r['last_only_' + what]:.2e} / {r['full_' + what]:.2e}" for what in ("out", "grad_x", "grad_qkv")))
     lines.append(f"\n{'shape':12} {'b,h,n,d':18} {'backend':9} {'ms':>8} {'TFLOP/s':>8}")
     for r in results["sdpa"]:
         value = f"{r['ms']:8.2f} {r['tflops']:8.1f}" if "ms" in r else r["error"][:60]
@@ -417,6 +470,7 @@ def main(argv=None) -> None:
         return
     print(f"model_bench on {bench.results['device']} (budget {args.budget_s:.0f} s)", flush=True)
     bench.results["flops_check"] = flops_check(bench)
+    bench.results["last_block_check"] = last_block_check(bench)
     bench.save()
     bench.results["sdpa"] = sdpa_bench(bench)
     bench.save()

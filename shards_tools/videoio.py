@@ -12,6 +12,8 @@ import av
 import numpy as np
 from av.video.frame import PictureType
 
+from shards_tools.heapfill import fill_new_heap_blocks
+
 # codec name -> (FFmpeg encoder, container format, file extension used in shards)
 CODECS = {
     "h264": ("libx264", "mp4", "mp4"),
@@ -48,6 +50,7 @@ class VideoWriter:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         encoder, container_format, _ = CODECS[codec]
+        fill_new_heap_blocks()  # the same frames must give the same bytes (see heapfill.py)
         self.width, self.height, self.frames = width, height, 0
         self._buffer = io.BytesIO()
         self._container = av.open(self._buffer, mode="w", format=container_format)

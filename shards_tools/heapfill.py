@@ -1,10 +1,11 @@
 """Byte-reproducible encodes: FFmpeg's libx264 path reads heap memory nobody wrote.
 
 Measured (bench/pack/RESULTS.md, "Reproducible bytes"): encoding the same 32 yuv420p frames 600
-times in one process gave 2-6 different outputs, 1-3% of the encodes, in a pattern that depends on
-what the process allocated before; the same loop was byte-identical all 600 times, and equal to
-the usual output, once glibc filled every newly allocated block with a fixed byte (M_PERTURB).
-So every process that encodes asks for that once. glibc only: elsewhere it is a no-op that says so.
+times in one process gave 2-7 different outputs (0.5-10% of the encodes deviated), in a pattern
+set by what the process allocated before; the same loop was byte-identical all 600 times, and
+equal to the usual output, once glibc filled every newly allocated block with a fixed byte
+(M_PERTURB). So every process that encodes asks for that once. glibc only: elsewhere
+`fill_new_heap_blocks` does nothing and returns False.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The same frames encode to the same bytes however the process used its heap before.
 
 FFmpeg's libx264 path reads heap memory nobody wrote (shards_tools/heapfill.py); without the fix
-this loop gives 5 different encodings of the same clip in 300 (this machine, x264 via PyAV 18).
+this loop gave 3-5 different encodings of the same clip in 300 (this machine, x264 via PyAV 18).
 The loop runs in a fresh interpreter: the fix is per process and must be in force before the
 first encode, as in a pack worker.
 """

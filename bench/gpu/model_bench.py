@@ -27,19 +27,18 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "bench" / "model")]
+sys.path[:0] = [str(REPO), str(REPO / "bench" / "model"), str(REPO / "bench" / "gpu")]
 from eager_reference import EagerVideoMAE  # noqa: E402
+from last_block_check import BACKENDS, last_block_check  # noqa: E402
+from report import table  # noqa: E402
 
 from ppma_scale.models import MAE, VideoViT, resolve_size, set_attention  # noqa: E402
 from ppma_scale.models.flops import flops_per_clip, mask_counts, peak_tflops  # noqa: E402
-from ppma_scale.models.vit import make_blocks, run_blocks  # noqa: E402
 
-BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-            "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
 
 
 class Bench:
@@ -246,49 +245,6 @@ def flops_check(bench: Bench) -> dict:
     return out
 
 
-def last_block_check(bench: Bench) -> list[dict]:
-    """The MAE decoder's last block computed on the reconstructed tokens only (`keep_last`) vs the
-    full block then sliced, per SDPA backend, bf16 on this device. Both are compared with an fp32
-    explicit-attention reference: a correct shortcut has errors of the same size as the full path
-    (bf16 rounding), for the output and the gradients of the input and of the qkv weight."""
-    a = bench.args
-    size = resolve_size(a.sizes[0])
-    grid = (a.frames // 2, a.img // size.patch_size, a.img // size.patch_size)
-    tokens = grid[0] * grid[1] * grid[2]
-    _, targets = mask_counts(grid, 0.9)
-    dev = bench.device
-    torch.manual_seed(0)
-    with dev:
-        blocks = make_blocks(size.decoder_dim, 1, size.decoder_heads, size.mlp_ratio, True, None, 0.0)
-        x = torch.randn(2, tokens, size.decoder_dim)
-        grad = torch.randn(2, targets, size.decoder_dim)
-
-    def run(model, inputs, keep, backend):
-        """(output, input grad, qkv weight grad) as fp32, of the last `targets` tokens."""
-        inputs = inputs.detach().requires_grad_(True)
-        model.zero_grad(set_to_none=True)
-        with sdpa_kernel(backend):
-            out = run_blocks(model, inputs, 0, keep_last=keep)
-        out = out if keep else out[:, -targets:]
-        out.backward(grad.to(out.dtype))
-        return out.detach().float(), inputs.grad.float(), model[0].attn.qkv.weight.grad.float()
-
-    reference = run(blocks, x, None, SDPBackend.MATH)
-    low = blocks.to(torch.bfloat16)
-    rows = []
-    for name, backend in BACKENDS.items():
-        row = {"backend": name}
-        try:
-            for path, keep in (("last_only", targets), ("full", None)):
-                got = run(low, x.to(torch.bfloat16), keep, backend)
-                for what, g, r in zip(("out", "grad_x", "grad_qkv"), got, reference):
-                    row[f"{path}_{what}"] = ((g - r).abs().max() / r.abs().max()).item()
-        except RuntimeError as err:
-            row["error"] = str(err).splitlines()[0][:160]
-        rows.append(row)
-    return rows
-
-
 def sdpa_shapes(size_name: str, batch: int, frames: int, img: int) -> dict[str, tuple[int, int, int, int]]:
     size = resolve_size(size_name)
     grid = (frames // 2, img // size.patch_size, img // size.patch_size)
@@ -392,42 +348,6 @@ def compile_in_child(bench: Bench, batch: int | None) -> dict:
 
 
 
-def table(results: dict) -> str:
-    lines = [f"device {results['device']}  torch {results['torch']}  cuda {results['cuda']}  "
-             f"cudnn {results['cudnn']}  peak {results['peak_tflops']} TFLOP/s (bf16 dense)"]
-    for impl, r in results["flops_check"].items():
-        lines.append(f"FLOPs check ({impl} attention): counted/analytic = {r['ratio']:.4f} "
-                     f"({r['analytic_per_clip'] / 1e12:.4f} TFLOP/clip analytic)")
-    lines.append("\ndecoder last block, bf16 vs fp32 reference, max |error| / max |reference| "
-                 "(last_only should match full):")
-    for r in results.get("last_block_check", []):
-        if "error" in r:
-            lines.append(f"  {r['backend']:9} {r['error'][:80]}")
-            continue
-        lines.append(f"  {r['backend']:9} " + "  ".join(
-            f"{what} {r['last_only_' + what]:.2e} / {r['full_' + what]:.2e}" for what in ("out", "grad_x", "grad_qkv")))
-    lines.append(f"\n{'shape':12} {'b,h,n,d':18} {'backend':9} {'ms':>8} {'TFLOP/s':>8}")
-    for r in results["sdpa"]:
-        value = f"{r['ms']:8.2f} {r['tflops']:8.1f}" if "ms" in r else r["error"][:60]
-        lines.append(f"{r['shape']:12} {','.join(map(str, r['bhnd'])):18} {r['backend']:9} {value}")
-    lines.append(f"\n{'model':6} {'size':4} {'ckpt':5} {'sdpa':9} {'cmp':4} {'batch':>5} {'clips/s':>8} "
-                 f"{'TFLOP/s':>8} {'MFU':>6} {'peak GB':>8} {'step ms':>8}")
-    for r in results["steps"]:
-        head = f"{r['model']:6} {r['size']:4} {str(r['ckpt']):5} {r['backend']:9} {str(r['compile'])[0]:4}"
-        if "error" in r:
-            lines.append(f"{head} {r['error'][:80]}")
-        else:
-            peak = f"{r['peak_gb']:8.1f}" if r["peak_gb"] is not None else f"{'-':>8}"
-            lines.append(f"{head} {r['batch']:5d} {r['clips_per_s']:8.1f} {r['tflops']:8.1f} {r['mfu']:6.1%} "
-                         f"{peak} {r['step_ms']:8.1f}")
-    profile = results.get("profile")
-    if profile:
-        lines.append(f"\nkernel time per ours step, ViT-{profile['size'].upper()} batch {profile['batch']} (ms): "
-                     + (", ".join(f"{k} {v:.1f}" for k, v in profile.get("ms_per_step_by_kind", {}).items())
-                        or profile.get("error", "")))
-    return "\n".join(lines + results["notes"])
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--smoke", action="store_true", help="tiny model, few steps: a CPU check of this script")
@@ -470,7 +390,7 @@ def main(argv=None) -> None:
         return
     print(f"model_bench on {bench.results['device']} (budget {args.budget_s:.0f} s)", flush=True)
     bench.results["flops_check"] = flops_check(bench)
-    bench.results["last_block_check"] = last_block_check(bench)
+    bench.results["last_block_check"] = last_block_check(args.sizes[0], args.frames, args.img, bench.device)
     bench.save()
     bench.results["sdpa"] = sdpa_bench(bench)
     bench.save()

@@ -109,8 +109,7 @@ class MAE(nn.Module):
 
     def targets(self, video: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Pixels of the tubelets at `index`, normalised per patch (per channel or over all)."""
-        encoder = self.encoder
-        kernel = (encoder.tubelet, encoder.patch_size, encoder.patch_size)
+        kernel = self.encoder.patch_embed.proj.kernel_size  # the tubelet, as the embedding cuts it
         x = gather_tubelets(video, index, kernel).flatten(3).float()  # B, M, C, pixels
         if self.target_norm != "none":
             # Two passes (mean, then squares of the centred values): torch.var is ~10x slower here.

@@ -3,7 +3,9 @@
 
     python launch/demo.py --data demo_data --runs runs/demo
 
-Steps (each skipped when its output already exists, so a second call resumes rather than redoes):
+Steps (each skipped when its output already exists, so a second call resumes rather than redoes; a
+`demo_stamp.json` in each shard folder and run directory records what it was made from, and one made
+by another version of the recipe is reported, never reused or overwritten):
 1. `shards_tools.synth` renders the figure-free `nohuman` corpus (procedural scenes, 8 classes);
 2. `shards_tools.pack` writes it as WebDataset shards + manifest.json;
 3. `deepspeed --num_gpus 2 launch/pretrain.py --config configs/demo/pretrain.yaml` trains (ZeRO-2,
@@ -13,6 +15,7 @@ Steps (each skipped when its output already exists, so a second call resumes rat
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -32,21 +35,52 @@ DEMO_PACK = dict(short_side=72, gop=8, min_frames=16, max_samples=24)
 DEMO_WORKERS = min(4, os.cpu_count() or 1)  # render / pack processes
 
 
-def prepare_shards(kind: str, data_dir: Path) -> Path:
-    """Render and pack one demo corpus; returns its manifest path (reused when already packed)."""
+STAMP = "demo_stamp.json"  # in every shard folder and run directory the demo makes: what it was made from
+
+
+def claim(directory: Path, stamp: dict) -> None:
+    """Let the demo reuse `directory` only when it was made from exactly `stamp` (an update that changed
+    the recipe would otherwise print the old recipe's results as the new one's); stamps a new one."""
+    stamp = json.loads(json.dumps(stamp, sort_keys=True))  # tuples -> lists, as read back from the file
+    path = directory / STAMP
+    if path.is_file():
+        made_from = json.loads(path.read_text())
+        if made_from == stamp:
+            return
+        changed = sorted(k for k in stamp.keys() | made_from.keys() if stamp.get(k) != made_from.get(k))
+        reason = f"was made from other {', '.join(changed)} than this demo uses now"
+    elif directory.is_dir() and any(directory.iterdir()):
+        reason = f"holds output of an earlier version of the demo (it has no {STAMP})"
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
+        return
+    raise SystemExit(f"[demo] {directory} {reason}; it was left as it is. Move it away, start over with "
+                     "`make clean-demo` (removes the demo's data and runs), or pass other --data / --runs.")
+
+
+def prepare_corpus(kind: str, data_dir: Path, corpus: dict, splits: tuple[str, ...] = ("train",)) -> list[Path]:
+    """Render and pack one demo corpus, one shard folder per split; their manifests (reused when packed)."""
     from shards_tools.pack import pack
     from shards_tools.synth import render_corpus
-    shards = data_dir / "shards" / kind
-    manifest = shards / "manifest.json"
-    if manifest.is_file():
-        print(f"[demo] {kind} shards: {manifest} (already there)")
-        return manifest
+    folders = [data_dir / "shards" / (kind if splits == ("train",) else f"{kind}_{split}") for split in splits]
+    for split, folder in zip(splits, folders):
+        claim(folder, {"corpus": dict(corpus, kind=kind), "split": split, "pack": DEMO_PACK})
+    manifests = [folder / "manifest.json" for folder in folders]
+    if all(m.is_file() for m in manifests):
+        print(f"[demo] {kind} shards: {', '.join(map(str, manifests))} (already there)")
+        return manifests
     print(f"[demo] rendering the {kind} corpus ...", flush=True)
-    paths = render_corpus(kind, data_dir / "corpora" / kind, clips_per_class=DEMO_CLIPS_PER_CLASS[kind],
-                          workers=DEMO_WORKERS, **DEMO_CORPUS)
+    paths = render_corpus(kind, data_dir / "corpora" / kind, workers=DEMO_WORKERS, **corpus)
     print(f"[demo] packing {kind} into shards ...", flush=True)
-    pack(paths["train"], shards, dataset=kind, workers=DEMO_WORKERS, progress=False, **DEMO_PACK)
-    return manifest
+    for split, folder in zip(splits, folders):
+        pack(paths[split], folder, dataset=kind, workers=DEMO_WORKERS, progress=False, **DEMO_PACK)
+    return manifests
+
+
+def prepare_shards(kind: str, data_dir: Path) -> Path:
+    """The train shards of the `nohuman` or `synthetic` demo corpus; returns its manifest path."""
+    return prepare_corpus(kind, data_dir, dict(DEMO_CORPUS, clips_per_class=DEMO_CLIPS_PER_CLASS[kind]))[0]
 
 
 def _free_port() -> int:
@@ -62,7 +96,36 @@ def deepspeed_command(ranks: int, script: str, args: list[str]) -> list[str]:
     return [*head, "--num_gpus", str(ranks), "--master_port", str(_free_port()), str(REPO / script), *args]
 
 
-def run_stage(script: str, config: str, run_dir: Path, overrides: list[str], ranks: int) -> None:
+def finished(run_dir: Path) -> bool:
+    """True when the run's latest checkpoint is its last step (the stage need not run again)."""
+    from ppma_scale.engine.checkpoint import latest_checkpoint
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if ckpt is None:
+        return False
+    marker = json.loads((ckpt.path / "ppma_complete.json").read_text())
+    return ckpt.step >= int(marker.get("total_steps", ckpt.step + 1))
+
+
+def run_stamp(script: str, config: str, overrides: list[str], inputs: list[Path]) -> dict:
+    """What a stage's run is made from: script, resolved config, and the bytes of its input manifests
+    (and, for an upstream run directory, that run's own stamp)."""
+    from ppma_scale.config import config_to_dict, load_config
+    resolved = json.dumps(config_to_dict(load_config(REPO / config, overrides)), sort_keys=True, default=str)
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256((path / STAMP if path.is_dir() else path).read_bytes()).hexdigest()
+    return {"script": script, "config": hashlib.sha256(resolved.encode()).hexdigest(),
+            "inputs": {str(path): digest(path) for path in inputs}}
+
+
+def run_stage(script: str, config: str, run_dir: Path, overrides: list[str], ranks: int,
+              inputs: list[Path]) -> float:
+    """Run one stage through deepspeed unless it already finished from the same inputs; its wall time (s)."""
+    claim(run_dir, run_stamp(script, config, overrides, inputs))
+    if finished(run_dir):
+        print(f"[demo] {run_dir.name}: already finished, reusing it", flush=True)
+        return 0.0
+    start = time.perf_counter()
     cmd = deepspeed_command(ranks, script, ["--config", str(REPO / config), "--output", str(run_dir), *overrides])
     print("[demo] " + " ".join(cmd), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or ranks) // ranks))}
@@ -70,6 +133,7 @@ def run_stage(script: str, config: str, run_dir: Path, overrides: list[str], ran
     if done.returncode != 0:
         raise SystemExit(f"[demo] {script} failed with exit code {done.returncode}; run `make demo` again "
                          f"to resume from its last checkpoint")
+    return time.perf_counter() - start
 
 
 def loss_fall(run_dir: Path, share: float = 0.1) -> dict[str, float]:
@@ -93,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     nohuman = prepare_shards("nohuman", data_dir)
     mae_dir = runs / "mae"
-    run_stage("launch/pretrain.py", "configs/demo/pretrain.yaml", mae_dir, [f"data.train={nohuman}"], args.ranks)
+    run_stage("launch/pretrain.py", "configs/demo/pretrain.yaml", mae_dir, [f"data.train={nohuman}"], args.ranks,
+              inputs=[nohuman])
     fall = loss_fall(mae_dir)
     print(f"\n[demo] stage 1, video MAE on 2 CPU ranks (ZeRO-2): loss {fall['first']:.3f} at step "
           f"{fall['first_step']} -> {fall['last']:.3f} at step {fall['last_step']} (means of the first / last "

@@ -2,6 +2,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 from ppma_scale.config import load_config, save_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,3 +41,37 @@ def test_a_run_counts_as_finished_only_at_its_last_step(tmp_path):
     assert not demo_recipe.finished(tmp_path / "run")
     (tag / "ppma_complete.json").write_text('{"step": 4, "world_size": 2, "zero_stage": 2, "total_steps": 4}')
     assert demo_recipe.finished(tmp_path / "run")
+
+
+def test_demo_reuses_a_folder_only_when_its_stamp_matches_and_never_touches_one_that_differs(tmp_path):
+    import demo
+    folder = tmp_path / "shards" / "downstream_val"
+    demo.claim(folder, {"corpus": {"clips_per_class": 64}, "split": "val"})  # new folder: stamped
+    (folder / "shard-000000.tar").write_bytes(b"packed earlier")
+    demo.claim(folder, {"split": "val", "corpus": {"clips_per_class": 64}})  # same recipe: reused
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(SystemExit, match=r"downstream_val was made from other corpus than"):
+        demo.claim(folder, {"corpus": {"clips_per_class": 32}, "split": "val"})
+    (folder / demo.STAMP).unlink()  # what an earlier version of the demo left behind
+    before.pop(demo.STAMP)
+    with pytest.raises(SystemExit, match="earlier version of the demo"):
+        demo.claim(folder, {"corpus": {"clips_per_class": 64}, "split": "val"})
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_run_stamp_changes_with_the_config_the_overrides_and_the_inputs_bytes(tmp_path):
+    import demo
+    manifest, upstream = tmp_path / "manifest.json", tmp_path / "mae"
+    manifest.write_text('{"shards": []}')
+    demo.claim(upstream, {"script": "launch/pretrain.py"})
+    args = ("launch/linprobe.py", "configs/demo/linprobe.yaml")
+    base = demo.run_stamp(*args, [f"data.train={manifest}", "data.val=v", "model.init=null"], [manifest, upstream])
+    assert base == demo.run_stamp(*args, [f"data.train={manifest}", "data.val=v", "model.init=null"],
+                                  [manifest, upstream])
+    assert base["config"] != demo.run_stamp(*args, [f"data.train={manifest}", "data.val=v", "optim.lr=0.5"],
+                                            [manifest, upstream])["config"]
+    manifest.write_text('{"shards": [1]}')
+    (upstream / demo.STAMP).write_text('{"script": "other"}')
+    changed = demo.run_stamp(*args, [f"data.train={manifest}", "data.val=v", "model.init=null"], [manifest, upstream])
+    assert changed["config"] == base["config"]
+    assert all(changed["inputs"][k] != base["inputs"][k] for k in base["inputs"])

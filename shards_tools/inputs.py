@@ -2,8 +2,12 @@
 
 - split file: one `relative/path;label_id` per line (PPMA benchmark format), paths relative to
   `root` (default: the split file's folder); a path may be a video file or a folder of JPEG frames;
-- CSV with a header: `path,label` (integer ids) or `path,label_name` (names);
-- a folder holding one sub-folder per class (class names = folder names, sorted).
+- CSV with a header: `path,label` (integer ids), `path,label_name` (names) or both (then they
+  must agree: id -> name is one mapping);
+- a folder holding one sub-folder per class (class names = folder names, sorted); files beside the
+  class folders have no class and are listed as rejected.
+
+Text files are read as UTF-8, with or without the byte-order mark Excel and Notepad write.
 
 Class names come from a names file (one per line; line number = label id), else from
 `classes.txt` beside a split file, else from the CSV's names or the folders. Missing files are not
@@ -16,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FORMATS = ("auto", "split", "csv", "folders")
+ENCODING = "utf-8-sig"  # UTF-8; a leading byte-order mark (Excel's "CSV UTF-8") is dropped, not read as text
+STRAY_REASON = ("not in a class folder: a file beside the class folders has no label "
+                "(move it into the folder of its class)")
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,7 @@ class SourceItem:
     path: Path
     source: str  # as written in the input (relative path), recorded in the sample's json
     label: int
+    reason: str | None = None  # set when the listing itself rules the input out (pack rejects it with this)
 
 
 def read_class_names(path: str | Path) -> list[str]:
@@ -33,7 +41,7 @@ def read_class_names(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"class-names file {path} does not exist")
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding=ENCODING).splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     names = [line.strip() for line in lines]
@@ -59,7 +67,7 @@ def _read_split(path: Path, root: Path, names: list[str] | None) -> tuple[list[S
     if names is None and (path.parent / "classes.txt").is_file():
         names = read_class_names(path.parent / "classes.txt")
     items = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(path.read_text(encoding=ENCODING).splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         rel, sep, label_text = line.strip().rpartition(";")
@@ -76,35 +84,79 @@ def _read_split(path: Path, root: Path, names: list[str] | None) -> tuple[list[S
     return items, names
 
 
-def _read_csv(path: Path, root: Path, names: list[str] | None) -> tuple[list[SourceItem], list[str]]:
-    with open(path, newline="") as handle:
+def _csv_rows(path: Path) -> tuple[list[str], list[tuple[dict[str, str], int]]]:
+    """The header fields and the (row, line number) pairs, keys and cells stripped."""
+    with open(path, newline="", encoding=ENCODING) as handle:
         reader = csv.DictReader(handle)
         fields = [f.strip() for f in reader.fieldnames or []]
         if "path" not in fields or not ({"label", "label_name"} & set(fields)):
             raise ValueError(f"{path}: CSV header must hold `path` and `label` (id) or `label_name`, got {fields}")
         rows = [({k.strip(): (v or "").strip() for k, v in row.items() if k}, number)
                 for number, row in enumerate(reader, 2)]
-    by_name = "label" not in fields
-    if by_name and names is None:
-        names = sorted({row["label_name"] for row, _ in rows if row["label_name"]})
+    return fields, rows
+
+
+def _label_id(row: dict[str, str], where: str) -> int:
+    try:
+        return int(row["label"])
+    except ValueError:
+        raise ValueError(f"{where}: label {row['label']!r} is not an integer id") from None
+
+
+def _names_from_ids(path: Path, rows: list[tuple[dict[str, str], int]]) -> list[str]:
+    """Class names from a CSV holding both `label` and `label_name`: each id must have one name and each
+    name one id, or the labels would silently contradict the names."""
+    by_id: dict[int, tuple[str, int]] = {}
+    by_name: dict[str, tuple[int, int]] = {}
+    for row, number in rows:
+        where, name = f"{path}:{number}", row["label_name"]
+        label = _label_id(row, where)
+        _check_label(label, None, where)
+        if not name:
+            raise ValueError(f"{where}: empty label_name (the CSV has both `label` and `label_name`)")
+        if label in by_id and by_id[label][0] != name:
+            raise ValueError(f"{where}: label {label} is named {name!r} here but {by_id[label][0]!r} on line "
+                             f"{by_id[label][1]}; `label` and `label_name` must agree")
+        if name in by_name and by_name[name][0] != label:
+            raise ValueError(f"{where}: class {name!r} has label {label} here but {by_name[name][0]} on line "
+                             f"{by_name[name][1]}; `label` and `label_name` must agree")
+        by_id.setdefault(label, (name, number))
+        by_name.setdefault(name, (label, number))
+    unnamed = [i for i in range(max(by_id, default=-1) + 1) if i not in by_id]
+    if unnamed:
+        raise ValueError(f"{path}: label id(s) {unnamed[:10]} appear in no row, so their class names are unknown; "
+                         "pass a class-names file (--classes)")
+    return [by_id[i][0] for i in range(len(by_id))]
+
+
+def _csv_label(row: dict[str, str], fields: list[str], names: list[str], where: str) -> int:
+    """The row's label id, from `label`, `label_name` or both (which must then agree with `names`)."""
+    if "label" not in fields:
+        if row["label_name"] not in names:
+            raise ValueError(f"{where}: class {row['label_name']!r} is not in the class names ({len(names)} known)")
+        return names.index(row["label_name"])
+    label = _label_id(row, where)
+    _check_label(label, names, where)
+    if "label_name" in fields and names[label] != row["label_name"]:
+        raise ValueError(f"{where}: label {label} is class {names[label]!r} in the class names, but label_name "
+                         f"says {row['label_name']!r}; `label` and `label_name` must agree")
+    return label
+
+
+def _read_csv(path: Path, root: Path, names: list[str] | None) -> tuple[list[SourceItem], list[str]]:
+    fields, rows = _csv_rows(path)
+    if names is None and "label_name" in fields:
+        names = _names_from_ids(path, rows) if "label" in fields else \
+            sorted({row["label_name"] for row, _ in rows if row["label_name"]})
+    if names is None:
+        names = [str(i) for i in range(max((_label_id(r, f"{path}:{n}") for r, n in rows), default=-1) + 1)]
     items = []
     for row, number in rows:
         where = f"{path}:{number}"
         if not row["path"]:
             raise ValueError(f"{where}: empty path")
-        if by_name:
-            if row["label_name"] not in names:
-                raise ValueError(f"{where}: class {row['label_name']!r} is not in the class names ({len(names)} known)")
-            label = names.index(row["label_name"])
-        else:
-            try:
-                label = int(row["label"])
-            except ValueError:
-                raise ValueError(f"{where}: label {row['label']!r} is not an integer id") from None
-            _check_label(label, names, where)
+        label = _csv_label(row, fields, names, where)
         items.append(SourceItem(len(items), root / row["path"], row["path"], label))
-    if names is None:
-        names = [str(i) for i in range(max((it.label for it in items), default=-1) + 1)]
     return items, names
 
 
@@ -124,7 +176,19 @@ def _read_folders(root: Path, names: list[str] | None) -> tuple[list[SourceItem]
                 continue  # every other entry is a clip: a stray file is rejected with its reason, not hidden
             rel = f"{name}/{clip.name}"
             items.append(SourceItem(len(items), clip, rel, names.index(name)))
+    for stray in sorted(p for p in root.iterdir() if not p.is_dir() and not p.name.startswith(".")):
+        items.append(SourceItem(len(items), stray, stray.name, -1, STRAY_REASON))  # listed, never dropped silently
     return items, names
+
+
+def listing_root(source: str | Path, root: str | Path | None = None) -> Path:
+    """The folder the listed paths are relative to: a folder of class folders itself, else `root`
+    (default: the listing file's folder). Part of a pack's identity: the same listing under another
+    root is other inputs."""
+    source = Path(source)
+    if source.is_dir():
+        return source
+    return Path(root) if root is not None else source.parent
 
 
 def read_inputs(source: str | Path, root: str | Path | None = None, classes: str | Path | None = None,
@@ -145,7 +209,7 @@ def read_inputs(source: str | Path, root: str | Path | None = None, classes: str
     else:
         if not source.is_file():
             raise ValueError(f"input {source}: format {input_format!r} needs a file")
-        base = Path(root) if root is not None else source.parent
+        base = listing_root(source, root)
         if not base.is_dir():
             raise FileNotFoundError(f"--root {base} is not a directory")
         reader = _read_csv if input_format == "csv" else _read_split

@@ -5,7 +5,8 @@
 - `Journal` is an append-only JSON-lines log, one line per finished shard, naming the span of
   input positions it covers and the inputs rejected in that span. A re-run with the same inputs
   and settings (same fingerprint) resumes after the last logged shard; a torn last line (killed
-  mid-write) is ignored.
+  mid-write) is ignored. The journal, fingerprint first, is on disk before the first shard, so tars
+  in a folder without one were not written by a pack that can be resumed there.
 """
 from __future__ import annotations
 
@@ -117,8 +118,12 @@ class Journal:
         """(Re)write the journal holding exactly `entries`, atomically."""
         tmp = self.path.with_name(self.path.name + ".tmp")
         lines = [json.dumps({"fingerprint": self.fingerprint})] + [json.dumps(e) for e in entries]
-        tmp.write_text("\n".join(lines) + "\n")
+        with open(tmp, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())  # durable before any shard: shards without a journal are not ours
         os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
 
     def append(self, entry: dict[str, Any]) -> None:
         with open(self.path, "a") as handle:
@@ -127,9 +132,14 @@ class Journal:
             os.fsync(handle.fileno())
 
 
+def shard_files(folder: Path, prefix: str) -> list[Path]:
+    """The tars of `prefix` and their temporary files in `folder` (what a pack there may replace), sorted."""
+    pattern = re.compile(rf"^\.?{re.escape(prefix)}-\d+\.tar(\.tmp)?$")
+    return sorted(path for path in folder.iterdir() if pattern.match(path.name))
+
+
 def remove_unlisted_shards(folder: Path, prefix: str, keep: set[str]) -> None:
     """Delete temporary files and tars of `prefix` that no journal entry vouches for."""
-    pattern = re.compile(rf"^\.?{re.escape(prefix)}-\d+\.tar(\.tmp)?$")
-    for path in folder.iterdir():
-        if pattern.match(path.name) and path.name not in keep:
+    for path in shard_files(folder, prefix):
+        if path.name not in keep:
             path.unlink()

@@ -7,6 +7,8 @@ on the number of workers. A sample is `{key}.mp4|webm`, `{key}.cls` (label id), 
 
 Re-running the same command after an interruption (kill -9 included) keeps the finished shards and
 goes on from the first unfinished one; `manifest.json` is written last, so its presence means done.
+Shards the job did not write (another job's, or ones no journal vouches for) are never deleted or
+overwritten without `--overwrite`, which repacks from scratch (and so retries rejected inputs).
 """
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ from typing import Any
 from tqdm import tqdm
 
 from ppma_scale.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, load_manifest
-from shards_tools.inputs import FORMATS, SourceItem, read_inputs
-from shards_tools.journal import Journal, ShardFile, remove_unlisted_shards
-from shards_tools.parallel import default_workers, encode_in_order
+from shards_tools.inputs import FORMATS, SourceItem, listing_root, read_inputs
+from shards_tools.journal import Journal, ShardFile, remove_unlisted_shards, shard_files
+from shards_tools.parallel import ItemResult, default_workers, encode_in_order, encode_item
 from shards_tools.transcode import DEFAULT_CRF, EncodeSettings
 from shards_tools.videoio import video_extension
 from ppma_scale.cli import run_tool
@@ -58,23 +60,75 @@ def _fingerprint(ordered: list[SourceItem], names: list[str], options: dict[str,
     return digest.hexdigest()
 
 
+def _some(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _refuse(output: Path, prefix: str, what: str) -> ValueError:
+    """The error for a folder holding files this job would delete or overwrite, naming them."""
+    files = [p.name for p in shard_files(output, prefix)]
+    if (output / MANIFEST_NAME).is_file():
+        files.append(MANIFEST_NAME)
+    return ValueError(f"output folder {output} already holds {what}; packing there would delete or overwrite "
+                      f"{_some(files)}: choose a new --output or pass --overwrite to replace them")
+
+
+def _old_manifest_shards(output: Path) -> list[Path]:
+    """The tars a manifest in `output` lists by bare name (they go with it on --overwrite, whatever their prefix)."""
+    try:
+        manifest = load_manifest(output / MANIFEST_NAME)
+    except (OSError, ValueError):
+        return []  # absent or unreadable: only the prefix's tars are known to be part of the old set
+    return [output / s.url for s in manifest.shards if re.fullmatch(r"[^/\\:]+\.tar", s.url)]
+
+
+def _clear_output(output: Path, prefix: str, journal: Journal) -> None:
+    """--overwrite: start this job afresh. Its empty journal goes first, so an interruption from here on
+    leaves a pack that the same command (without --overwrite) resumes, never a folder no job owns."""
+    old_shards = _old_manifest_shards(output)
+    journal.start([])
+    (output / MANIFEST_NAME).unlink(missing_ok=True)
+    for path in old_shards:
+        path.unlink(missing_ok=True)
+    remove_unlisted_shards(output, prefix, keep=set())
+
+
 def _prepare_output(output: Path, fingerprint: str, prefix: str, overwrite: bool) -> Manifest | None:
-    """Return the finished manifest if this exact job is already done; refuse to mix two jobs."""
+    """Return the finished manifest if this exact job is already done; otherwise leave `output` ready for
+    this job (resumable from its own journal, or cleared with `overwrite`). Never deletes or
+    overwrites shards this job did not write unless `overwrite`."""
     output.mkdir(parents=True, exist_ok=True)
     manifest_path = output / MANIFEST_NAME
     journal = Journal(output, fingerprint)
+    if overwrite:
+        _clear_output(output, prefix, journal)
+        return None
     existing = load_manifest(manifest_path) if manifest_path.is_file() else None
     if existing is not None and existing.settings.get("fingerprint") == fingerprint:
         return existing
-    other_job = existing is not None or journal.recorded_fingerprint() not in (None, fingerprint)
-    if other_job and not overwrite:
-        raise ValueError(f"output folder {output} already holds a shard set packed from other inputs or settings; "
-                         "choose a new --output or pass --overwrite to replace it")
-    if other_job:
-        manifest_path.unlink(missing_ok=True)
-        journal.path.unlink(missing_ok=True)
-        remove_unlisted_shards(output, prefix, keep=set())
+    recorded = journal.recorded_fingerprint()
+    if existing is not None or recorded not in (None, fingerprint):
+        raise _refuse(output, prefix, "a shard set packed from other inputs or settings (or another --root)")
+    if recorded is None and shard_files(output, prefix):
+        raise _refuse(output, prefix, f"{prefix}-*.tar shards but no {MANIFEST_NAME} or pack journal saying "
+                      "which job wrote them")
     return None
+
+
+def _encode_listed(item: SourceItem, settings: EncodeSettings) -> ItemResult:
+    """Encode an input, or reject it with the reason the listing already gave (e.g. no class folder)."""
+    if item.reason is not None:
+        return ItemResult(item, reason=item.reason)
+    return encode_item(item, settings)
+
+
+def _report_reused(output: Path, manifest: Manifest) -> None:
+    """A finished set is reused as is: say so, and that its rejected inputs stay rejected."""
+    print(f"{output}: already packed ({manifest.num_samples} clips); nothing to do", file=sys.stderr)
+    if manifest.rejected:
+        print(f"{output}: {len(manifest.rejected)} input(s) were rejected by that pack (listed in {MANIFEST_NAME}) "
+              "and are not retried; once they are fixed, rerun with --overwrite to repack them", file=sys.stderr)
 
 
 def _sample(result, dataset: str, names: list[str], extension: str) -> dict[str, Any]:
@@ -162,12 +216,13 @@ def pack(source: str | Path, output: str | Path, *, root: str | Path | None = No
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(ordered)
     options = {"encode": settings.to_json(), "max_samples": max_samples, "max_size": max_size, "prefix": prefix,
-               "shuffle_seed": shuffle_seed, "dataset": dataset, "tool_version": TOOL_VERSION}
+               "shuffle_seed": shuffle_seed, "dataset": dataset, "tool_version": TOOL_VERSION,
+               "root": str(listing_root(source, root).resolve())}
     fingerprint = _fingerprint(ordered, names, options)
     finished = _prepare_output(output, fingerprint, prefix, overwrite)
     if finished is not None:
-        if progress:
-            print(f"{output}: already packed ({finished.num_samples} clips); nothing to do", file=sys.stderr)
+        if progress or finished.rejected:
+            _report_reused(output, finished)
         return finished
 
     journal = Journal(output, fingerprint)
@@ -181,7 +236,8 @@ def pack(source: str | Path, output: str | Path, *, root: str | Path | None = No
     started, packed = time.time(), 0
     bar = tqdm(total=len(ordered), initial=position, unit="file", disable=not progress, smoothing=0.05,
                dynamic_ncols=True, desc=f"pack {dataset}")
-    for here, result in enumerate(encode_in_order(ordered[position:], settings, workers), start=position):
+    results = encode_in_order(ordered[position:], settings, workers, encode=_encode_listed)
+    for here, result in enumerate(results, start=position):
         if result.reason is not None:
             writer.reject(result.item, result.reason)
         else:
@@ -199,7 +255,8 @@ def pack(source: str | Path, output: str | Path, *, root: str | Path | None = No
         elapsed = time.time() - started
         print(f"{output}: {manifest.num_samples} clips in {len(manifest.shards)} shards "
               f"({manifest.totals['bytes'] / 2**20:.1f} MiB, {manifest.totals['hours']:.3f} h of video); "
-              f"{len(manifest.rejected)} rejected (listed in {MANIFEST_NAME}); "
+              f"{len(manifest.rejected)} rejected (listed in {MANIFEST_NAME}"
+              f"{'; fix them and rerun with --overwrite to retry' if manifest.rejected else ''}); "
               f"{packed} encoded this run in {elapsed:.1f} s", file=sys.stderr)
     return manifest
 
@@ -235,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--shuffle-seed", type=int, default=0, help="input order shuffle (mixes classes in shards)")
     group.add_argument("--no-shuffle", action="store_true", help="keep the listing order")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a shard set of another job in --output")
+    parser.add_argument("--overwrite", action="store_true", help="repack from scratch, replacing the shard set "
+                        "in --output (retries rejected inputs; rerun without it to resume an interrupted pack)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return parser
 

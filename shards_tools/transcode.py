@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +25,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_CRF = {"h264": 23, "vp9": 32}
 # leading bytes of the containers we accept: a file that starts like one but will not open is damaged
 CONTAINER_MAGIC = {"mp4/mov": (4, b"ftyp"), "mkv/webm": (0, b"\x1a\x45\xdf\xa3"), "avi": (0, b"RIFF")}
+# A hole between consecutive frames longer than both of these is a timestamp jump (broken recording,
+# muxer glitch), not a stall: filling it by timestamp would turn a short clip into minutes of one frozen frame.
+MAX_GAP_SECONDS = 2.0
+MAX_GAP_INTERVALS = 10  # typical frame intervals (keeps low-frame-rate sources such as time-lapses)
 
 
 class Rejected(Exception):
@@ -142,6 +147,8 @@ class _ClipEncoder:
         self.resampler = FrameRateResampler(self.fps, source_fps, max_slots)
         self.writer: VideoWriter | None = None
         self.times: list[float] = []
+        self.source_interval = 1.0 / source_fps
+        self.recent_intervals: deque[float] = deque(maxlen=64)
         self.rotation = 0
         self.source_size = (0, 0)
 
@@ -155,7 +162,22 @@ class _ClipEncoder:
         s = self.settings
         self.writer = VideoWriter(out_w, out_h, self.fps, s.codec, s.effective_crf, s.gop, s.preset, s.threads)
 
+    def _check_gap(self, time: float) -> None:
+        """Reject a timestamp jump before the resampler fills it with copies of the previous frame."""
+        if not self.times:
+            return
+        gap = time - self.times[-1]
+        typical = float(np.median(self.recent_intervals)) if self.recent_intervals else self.source_interval
+        if gap > max(MAX_GAP_SECONDS, MAX_GAP_INTERVALS * typical):
+            self.writer.abort()
+            raise Rejected(f"timestamp jump: a {gap:.2f} s gap between frames {len(self.times) - 1} and "
+                           f"{len(self.times)} (at {self.times[-1] - self.times[0]:.2f} s) where frames are "
+                           f"{typical:.3f} s apart (broken recording?); packing it would fill the gap with one "
+                           "frozen frame")
+        self.recent_intervals.append(gap)
+
     def push(self, frame: av.VideoFrame, time: float) -> None:
+        self._check_gap(time)
         if self.writer is None:
             self._start(frame)
         self.times.append(time)

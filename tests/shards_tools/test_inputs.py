@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from shards_tools.inputs import read_class_names, read_inputs
+from shards_tools.inputs import STRAY_REASON, read_class_names, read_inputs
 
 
 def test_split_file_with_classes_txt_beside_it(tmp_path):
@@ -69,6 +69,45 @@ def test_class_folders(tmp_path):
     (tmp_path / "names.txt").write_text("wave\n")
     with pytest.raises(ValueError, match=r"class folders \['jump'\] are not in the class names"):
         read_inputs(tmp_path, classes=tmp_path / "names.txt")
+
+
+def test_csv_with_both_label_and_label_name_uses_the_names_and_needs_them_to_agree(tmp_path):
+    (tmp_path / "both.csv").write_text("path,label,label_name\nv1.mp4,1,run\nv2.mp4,0,jump\nv3.mp4,1,run\n")
+    items, names = read_inputs(tmp_path / "both.csv")
+    assert names == ["jump", "run"] and [i.label for i in items] == [1, 0, 1]
+    (tmp_path / "names.txt").write_text("jump\nrun\n")
+    assert read_inputs(tmp_path / "both.csv", classes=tmp_path / "names.txt")[1] == ["jump", "run"]
+    (tmp_path / "clash.csv").write_text("path,label,label_name\nv1.mp4,0,run\nv2.mp4,1,jump\nv3.mp4,0,jump\n")
+    with pytest.raises(ValueError, match=r"clash.csv:4: label 0 is named 'jump' here but 'run' on line 2"):
+        read_inputs(tmp_path / "clash.csv")
+    (tmp_path / "twice.csv").write_text("path,label,label_name\nv1.mp4,0,run\nv2.mp4,1,run\n")
+    with pytest.raises(ValueError, match=r"twice.csv:3: class 'run' has label 1 here but 0 on line 2"):
+        read_inputs(tmp_path / "twice.csv")
+    (tmp_path / "swapped.txt").write_text("run\njump\n")
+    with pytest.raises(ValueError, match=r"both.csv:2: label 1 is class 'jump' in the class names, but label_name "
+                                         r"says 'run'"):
+        read_inputs(tmp_path / "both.csv", classes=tmp_path / "swapped.txt")
+    (tmp_path / "gap.csv").write_text("path,label,label_name\nv1.mp4,0,run\nv2.mp4,2,jump\n")
+    with pytest.raises(ValueError, match=r"gap.csv: label id\(s\) \[1\] appear in no row.*--classes"):
+        read_inputs(tmp_path / "gap.csv")
+
+
+def test_csv_and_names_saved_with_a_byte_order_mark(tmp_path):
+    (tmp_path / "bom.csv").write_bytes("\ufeffpath,label_name\nv1.mp4,run\nv2.mp4,jump\n".encode())
+    items, names = read_inputs(tmp_path / "bom.csv")
+    assert names == ["jump", "run"] and [i.source for i in items] == ["v1.mp4", "v2.mp4"]
+    (tmp_path / "names.txt").write_bytes("\ufeffrun\njump\n".encode())
+    assert read_class_names(tmp_path / "names.txt") == ["run", "jump"]
+
+
+def test_files_beside_the_class_folders_are_listed_with_a_reason(tmp_path):
+    for rel in ("jump/a.mp4", "wave/b.mp4", "loose.mp4", ".DS_Store"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    items, names = read_inputs(tmp_path)
+    assert names == ["jump", "wave"]
+    assert [(i.source, i.label, i.reason) for i in items] == [("jump/a.mp4", 0, None), ("wave/b.mp4", 1, None),
+                                                               ("loose.mp4", -1, STRAY_REASON)]
 
 
 @pytest.mark.parametrize("text, message", [("a\n\nb\n", "names.txt:2: empty class name"),

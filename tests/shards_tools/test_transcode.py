@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from fractions import Fraction
 
 import av
 import pytest
@@ -93,6 +94,40 @@ def test_copy_keeps_fitting_streams_and_reencodes_the_rest(messy_corpus):
         assert [bytes(p) for p in copied.demux(video=0) if p.size] == packets
     for source in ("odd/rotated.mp4", "odd/vfr.mkv", "good/vp9.webm", "odd/ten_bit.mp4"):
         assert not encode_source(root / source, EncodeSettings(short_side=64, copy=True))[1]["copied"], source
+
+
+def _write_timed(path, frames, times, fps=12):
+    """H.264 with frame i stamped `times[i]` seconds (ms time base), as a VFR or broken recording has."""
+    with av.open(str(path), "w") as output:
+        stream = output.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"preset": "ultrafast", "x264-params": "bframes=0"}
+        for rgb, time in zip(frames, times):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = int(round(time * 1000)), Fraction(1, 1000)
+            output.mux(stream.encode(frame))
+        output.mux(stream.encode())
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])  # mp4 also turns the jump into a 0.04 fps average rate
+def test_a_timestamp_jump_is_rejected_not_filled_with_a_frozen_frame(tmp_path, pattern_frames, suffix):
+    times = [t / 12 + (600 if t >= 12 else 0) for t in range(24)]  # 2 s of video, 10 minutes apart
+    source = _write_timed(tmp_path / f"jump{suffix}", pattern_frames(24), times)
+    with pytest.raises(Rejected, match=r"timestamp jump: a 600.08 s gap between frames 11 and 12"):
+        encode_source(source, EncodeSettings(short_side=32))
+
+
+def test_stalls_and_slow_sources_are_not_timestamp_jumps(tmp_path, pattern_frames):
+    stall = [t / 12 + (1.5 if t >= 12 else 0) for t in range(24)]  # a 1.5 s stall holds a frame, as before
+    _, meta = encode_source(_write_timed(tmp_path / "stall.mkv", pattern_frames(24), stall),
+                            EncodeSettings(short_side=32))
+    assert meta["vfr"] and meta["frames"] == 24 + 18
+    timelapse = [t * 2.0 + (6 if t >= 10 else 0) for t in range(20)]  # one frame per 2 s, one 8 s hole
+    _, meta = encode_source(_write_timed(tmp_path / "lapse.mkv", pattern_frames(20), timelapse, fps=0.5),
+                            EncodeSettings(short_side=32, fps=1))
+    assert meta["frames"] == 46
 
 
 def test_rejects_and_bad_settings(messy_corpus):

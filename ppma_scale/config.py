@@ -105,7 +105,7 @@ class DataConfig:
     prefetch: int = 2
     test_clips: int = 2
     test_crops: int = 3
-    max_decode_failures: float = 0.01  # stop if more than this share of samples fail to decode
+    max_decode_failures: float = 0.01  # stop if more than this share of samples is skipped (undecodable/unreadable)
 
 
 @dataclass

@@ -1,12 +1,15 @@
 """`ppma-stats`: what is in a shard set: counts, class histogram, duration / resolution / fps spread.
 
 Reads only the manifest and the samples' json (not the video bytes). `--plot out.png` draws the
-same distributions as bar charts (with PIL, so no plotting library is needed).
+same distributions as bar charts (with PIL, so no plotting library is needed). A missing or damaged
+shard is named and the rest still counted; the exit status is then 1.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tarfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,16 +18,44 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ppma_scale.data.manifest import load_manifest
-from shards_tools.tario import iter_metadata
+from shards_tools.tario import iter_samples
 from ppma_scale.cli import run_tool
 
 
+def _shard_metadata(url: str, expected: int, problems: list[str]) -> list[dict[str, Any]]:
+    """The json of every sample of one tar; a missing or damaged tar, one cut short (fewer samples
+    than the manifest's count) or a sample without json is added to `problems` by name, keeping what
+    was read before the damage."""
+    metas: list[dict[str, Any]] = []
+    read = 0
+    try:
+        for sample in iter_samples(url, ("json",)):
+            read += 1
+            try:
+                meta = json.loads(sample["json"])
+            except (KeyError, ValueError):
+                meta = None
+            if not isinstance(meta, dict):
+                problems.append(f"{url}: sample {sample['__key__']} has no json object; left out")
+                continue
+            metas.append(meta)
+    except (tarfile.TarError, OSError, ValueError) as exc:
+        reason = str(exc).split(" @ <")[0]  # webdataset appends the file object's repr
+        problems.append(f"{url}: unreadable after {read} samples ({type(exc).__name__}: {reason})")
+        return metas
+    if read != expected:
+        problems.append(f"{url}: holds {read} samples, manifest says {expected}")
+    return metas
+
+
 def collect_stats(manifest_path: str | Path) -> dict[str, Any]:
-    """Per-set numbers as plain data (what `main` prints and plots)."""
+    """Per-set numbers as plain data (what `main` prints and plots); `problems` names unreadable shards."""
     manifest = load_manifest(manifest_path)
     durations, fps, short_sides, labels, frames = [], [], [], [], 0
     resolutions, codecs, flags = Counter(), Counter(), Counter()
-    for _, _, meta in iter_metadata(manifest):
+    problems: list[str] = []
+    shards = zip(manifest.shard_urls(), manifest.shards)
+    for meta in (m for url, info in shards for m in _shard_metadata(url, info.samples, problems)):
         durations.append(float(meta["duration"]))
         fps.append(round(float(meta["fps"]), 2))
         short_sides.append(min(meta["width"], meta["height"]))
@@ -45,6 +76,7 @@ def collect_stats(manifest_path: str | Path) -> dict[str, Any]:
         "durations": durations, "fps": fps, "short_sides": short_sides,
         "resolutions": dict(resolutions.most_common()), "codecs": dict(codecs), "flags": dict(flags),
         "shard_samples": [s.samples for s in manifest.shards], "rejected": dict(reasons.most_common()),
+        "problems": problems,
     }
 
 
@@ -127,7 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         print(format_stats(stats))
         if args.plot:
             print(f"plot written to {plot_stats(stats, args.plot)}")
-        return 0
+        for problem in stats["problems"]:
+            print(f"ppma-stats: error: {problem}", file=sys.stderr)
+        if stats["problems"]:
+            print(f"ppma-stats: {len(stats['problems'])} problem(s): the numbers above leave out the samples "
+                  "that could not be read", file=sys.stderr)
+        return 1 if stats["problems"] else 0
     return run_tool("ppma-stats", work)
 
 

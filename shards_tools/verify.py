@@ -2,8 +2,9 @@
 
 For every shard (in parallel): the file exists, its size and sha256 match the manifest, the sample
 count matches, every sample has a dot-free key, a label id within the class list that agrees with
-its json, exactly one clip field, and a clip that decodes completely to the frame count and size
-its json states. Keys must be unique across the set. Exit status 1 if anything is wrong.
+its json (id, and label_name with the manifest's name for that id: a class list from another pack
+would otherwise mislabel every sample), exactly one clip field, and a clip that decodes completely
+to the frame count and size its json states. Keys must be unique across the set. Exit status 1 if anything is wrong.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from shards_tools.tario import iter_samples
 from ppma_scale.cli import run_tool
 
 EXPECTED_FIELDS = {"__key__", "__url__", "cls", "json"}
+LABEL_NAME_MISMATCH = "label name differs from the manifest"
 
 
 @dataclass
@@ -49,7 +51,7 @@ def _decode_count(data: bytes) -> tuple[int, int, int]:
     return frames, width, height
 
 
-def _check_sample(sample: dict, num_classes: int, decode: bool) -> tuple[list[str], int]:
+def _check_sample(sample: dict, classes: list[str], decode: bool) -> tuple[list[str], int]:
     problems = []
     extra = set(sample) - EXPECTED_FIELDS - set(SAMPLE_VIDEO_EXTENSIONS)
     videos = [ext for ext in SAMPLE_VIDEO_EXTENSIONS if ext in sample]
@@ -67,10 +69,9 @@ def _check_sample(sample: dict, num_classes: int, decode: bool) -> tuple[list[st
         label = int(sample["cls"])
     except ValueError as exc:
         return [f"unparsable cls/json: {exc}"], 0
-    if not 0 <= label < num_classes:
-        problems.append(f"label {label} outside the {num_classes} classes")
-    if meta.get("label") != label:
-        problems.append(f"cls says {label}, json says {meta.get('label')}")
+    if not isinstance(meta, dict):
+        return [f"json is {type(meta).__name__}, not an object"], 0
+    problems.extend(_label_problems(label, meta, classes))
     if not decode:
         return problems, int(meta.get("frames", 0))
     try:
@@ -84,7 +85,23 @@ def _check_sample(sample: dict, num_classes: int, decode: bool) -> tuple[list[st
     return problems, frames
 
 
-def verify_shard(url: str, samples: int, size: int, sha256: str, num_classes: int, decode: bool = True) -> ShardReport:
+def _label_problems(label: int, meta: dict, classes: list[str]) -> list[str]:
+    """The label id within the classes, the same in cls and json, and named as the manifest names it."""
+    problems = []
+    inside = 0 <= label < len(classes)
+    if not inside:
+        problems.append(f"label {label} outside the {len(classes)} classes")
+    if meta.get("label") != label:
+        problems.append(f"cls says {label}, json says {meta.get('label')}")
+    name = meta.get("label_name")
+    if inside and name is not None and name != classes[label]:
+        problems.append(f"{LABEL_NAME_MISMATCH}: json names label {label} {name!r}, "
+                        f"the manifest's classes[{label}] is {classes[label]!r}")
+    return problems
+
+
+def verify_shard(url: str, samples: int, size: int, sha256: str, classes: list[str],
+                 decode: bool = True) -> ShardReport:
     """Check one tar against its manifest entry."""
     report = ShardReport(url)
     name = os.path.basename(url)
@@ -100,7 +117,7 @@ def verify_shard(url: str, samples: int, size: int, sha256: str, num_classes: in
             key = sample["__key__"]
             report.samples += 1
             report.keys.append(key)
-            problems, frames = _check_sample(sample, num_classes, decode)
+            problems, frames = _check_sample(sample, classes, decode)
             report.frames += frames
             report.problems.extend(f"{name}: sample {key}: {p}" for p in problems)
     except Exception as exc:  # noqa: BLE001 - a damaged tar is a finding, not a crash
@@ -115,7 +132,7 @@ def verify(manifest_path: str | Path, workers: int | None = None, decode: bool =
     """All problems found in the shard set (empty list = healthy)."""
     manifest = load_manifest(manifest_path)
     workers = workers or default_workers()
-    jobs = [(url, s.samples, s.bytes, s.sha256, len(manifest.classes), decode)
+    jobs = [(url, s.samples, s.bytes, s.sha256, list(manifest.classes), decode)
             for url, s in zip(manifest.shard_urls(), manifest.shards)]
     bar = tqdm(total=len(jobs), unit="shard", disable=not progress, desc="verify")
     reports = []
@@ -139,6 +156,10 @@ def verify(manifest_path: str | Path, workers: int | None = None, decode: bool =
                 problems.append(f"key {key!r} appears in {os.path.basename(seen[key])} and "
                                 f"{os.path.basename(report.url)}")
             seen[key] = report.url
+    renamed = sum(LABEL_NAME_MISMATCH in p for p in problems)
+    if renamed:
+        problems.append(f"{renamed} samples' label_name differ from the manifest's class list: the manifest's "
+                        f"`classes` {manifest.classes[:6]} does not match these shards (copied from another pack?)")
     declared = manifest.totals.get("samples")
     if declared is not None and declared != manifest.num_samples:
         problems.append(f"manifest totals say {declared} samples, its shards list {manifest.num_samples}")

@@ -4,7 +4,8 @@ Each batch carries the consumer's cursor *after* that batch and the statistics s
 one; the main process keeps the cursor of the last batch it actually handed to training, so
 prefetched batches never count as consumed. A sample that cannot be read or decoded is skipped
 and the next sample of the same dataset takes its place, so batches stay full and every rank
-still yields the same number of batches.
+still yields the same number of batches. A sample whose json names another class than the
+manifest gives its label id stops the run (when labels are trained on): the manifest is wrong.
 """
 from __future__ import annotations
 
@@ -68,29 +69,63 @@ class ParsedSample:
     label: int
     frames: int
     fps: float
+    shard: str = ""  # where the sample came from, to name it when it fails later
 
 
-def parse_sample(sample: Sample, dataset: ShardSet, index: int) -> ParsedSample:
+class LabelMismatch(ValueError):
+    """A sample's json names another class than the manifest gives its label id: a wrong manifest
+    (every sample is mislabelled), so the run stops instead of skipping."""
+
+
+def _sample_meta(sample: Sample) -> dict[str, Any]:
+    """The sample's json as a dict ({} when absent or not JSON); DecodeError if it is JSON of another kind."""
+    if "json" not in sample:
+        return {}
+    try:
+        meta = json.loads(sample["json"])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    if not isinstance(meta, dict):
+        raise DecodeError(f"json metadata is {json.dumps(meta)[:40]}, not an object")
+    return meta
+
+
+def _sample_label(sample: Sample, meta: dict[str, Any]) -> int:
+    """The label id from `.cls`, else the json's `label`; DecodeError when neither is an integer."""
+    raw = sample["cls"].decode(errors="replace").strip() if "cls" in sample else meta.get("label")
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)):
+        raise DecodeError(f"no readable label (cls / json label): no .cls and json label is {raw!r}")
+    try:
+        return int(raw)
+    except ValueError:
+        raise DecodeError(f"no readable label (cls / json label): {raw!r} is not an integer") from None
+
+
+def check_label_name(meta: dict[str, Any], own: int, dataset: ShardSet, key: str, shard: str) -> None:
+    """When labels are trained on, the json's label_name must be the manifest's name for the id."""
+    name = meta.get("label_name")
+    if not dataset.require_labels or name is None or name == dataset.classes[own]:
+        return
+    raise LabelMismatch(f"dataset {dataset.name}: sample {key} in {shard or '?'} has label {own} named {name!r} in "
+                        f"its json, but manifest {dataset.manifest or '?'} names class {own} {dataset.classes[own]!r}: "
+                        "the manifest's class list does not match its shards (copied from another pack?)")
+
+
+def parse_sample(sample: Sample, dataset: ShardSet, index: int, shard: str = "") -> ParsedSample:
     """Fields of a shard sample -> what decoding needs; DecodeError names what is wrong."""
     ext = next((e for e in SAMPLE_VIDEO_EXTENSIONS if e in sample), None)
     if ext is None:
         raise DecodeError(f"no video field ({'/'.join(SAMPLE_VIDEO_EXTENSIONS)}); fields: {sorted(sample)}")
-    meta: dict[str, Any] = {}
-    if "json" in sample:
-        try:
-            meta = json.loads(sample["json"])
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            meta = {}
-    try:
-        own = int(sample["cls"].decode().strip()) if "cls" in sample else int(meta["label"])
-    except (KeyError, ValueError, UnicodeDecodeError):
-        raise DecodeError("no readable label (cls / json label)") from None
+    meta = _sample_meta(sample)
+    own = _sample_label(sample, meta)
     if not 0 <= own < len(dataset.label_map):
         raise DecodeError(f"label id {own} is outside the manifest's {len(dataset.label_map)} classes")
+    check_label_name(meta, own, dataset, sample.get("__key__", "?"), shard)
     frames, fps = meta.get("frames"), meta.get("fps")
     if not (isinstance(frames, int) and frames > 0 and isinstance(fps, (int, float)) and fps > 0):
         frames, fps = probe(sample[ext])
-    return ParsedSample(sample["__key__"], index, sample[ext], int(dataset.label_map[own]), int(frames), float(fps))
+    return ParsedSample(sample["__key__"], index, sample[ext], int(dataset.label_map[own]), int(frames), float(fps),
+                        shard)
 
 
 class ConsumerStream(IterableDataset):
@@ -170,11 +205,11 @@ class _Consumer:
                 continue
             self.unreadable_run = 0
             try:
-                parsed = parse_sample(raw, ds, dataset)
+                parsed = parse_sample(raw, ds, dataset, ds.urls[shard])
                 if self.decoder is None:
                     probe(parsed.data)  # decoding happens later, elsewhere: catch unreadable containers here
             except DecodeError as exc:
-                self.stats.fail(raw.get("__key__", "?"), ds.name, str(exc))
+                self.stats.fail(raw.get("__key__", "?"), ds.name, str(exc), ds.urls[shard])
                 continue
             indices = train_indices(self.ctx.clip, parsed.frames, parsed.fps, rng)
             return parsed, EncodedClip(parsed.data, indices, parsed.key)
@@ -204,7 +239,7 @@ class _Consumer:
             retry = []
             for slot, (parsed, _), frames in zip(pending, picked, decoded):
                 if isinstance(frames, Exception):
-                    self.stats.fail(parsed.key, self.ctx.datasets[parsed.dataset].name, str(frames))
+                    self.stats.fail(parsed.key, self.ctx.datasets[parsed.dataset].name, str(frames), parsed.shard)
                     retry.append(slot)
                     continue
                 views = train_views(frames.shape[1], frames.shape[2], aug, rng)

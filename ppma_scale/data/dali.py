@@ -7,15 +7,34 @@ VP8/VP9/MJPEG; `mixed` decodes on the GPU with NVDEC (H.264, HEVC, VP9, AV1) and
 as CUDA tensors, which the stream then crops and resizes on the same GPU.
 
 A corrupt clip makes DALI fail the whole batch; the batch is then decoded clip by clip so only
-the bad one is skipped.
+the bad one is skipped, with the line of DALI's message that says why (`dali_reason`).
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import numpy as np
 
 from ppma_scale.data.decode import DecodeError, EncodedClip
+
+
+_DALI_BOILERPLATE = ("Critical error in pipeline", "Current pipeline object is no longer valid",
+                     "Error in CPU operator", "Error in GPU operator", "Error in MIXED operator",
+                     "which was used in the pipeline definition", "File \"", "return fn.", "encountered:",
+                     "C++ context:")
+_ASSERT = re.compile(r'^Assert on ".*?" failed:\s*')
+
+
+def dali_reason(exc: BaseException, limit: int = 300) -> str:
+    """The informative part of a DALI error: what follows `encountered:` (without the C++ context and
+    the assertion's expression), else the first line that is not DALI's framing."""
+    text = str(exc).strip()
+    if "encountered:" in text:
+        text = text.split("encountered:", 1)[1].split("C++ context:", 1)[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [_ASSERT.sub("", line) for line in lines if not line.startswith(_DALI_BOILERPLATE)]
+    return " ".join(useful)[:limit] or (lines[0][:limit] if lines else type(exc).__name__)
 
 
 class DaliDecoder:
@@ -78,6 +97,5 @@ class DaliDecoder:
                         results.extend(self._run([clip]))
                     except RuntimeError as exc:
                         self._pipe = None
-                        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                        results.append(DecodeError(f"DALI decode failed: {first_line[:200]}"))
+                        results.append(DecodeError(f"DALI decode failed: {dali_reason(exc)}"))
         return results

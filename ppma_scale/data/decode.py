@@ -81,7 +81,7 @@ def decode_pyav(data: bytes, indices: np.ndarray, threads: int = 1, counts: dict
     if not frames:
         raise DecodeError("no frame decoded")
     known = np.array(sorted(frames))
-    # frames past the end of a short video repeat its last frame
+    # frames past the end of a short video repeat the clip's last frame; a gap repeats the frame before it
     pick = known[np.maximum(np.searchsorted(known, indices, side="right") - 1, 0)]
     return np.stack([frames[int(i)] for i in pick])
 
@@ -102,7 +102,7 @@ def _decode_range(data: bytes, wanted: np.ndarray, threads: int, seek: bool, cou
         if seek:
             target = start + int(int(wanted[0]) / rate / time_base)
             container.seek(target, stream=stream, backward=True, any_frame=False)
-        index = -1
+        index, frame = -1, None
         for frame in container.decode(stream):
             counts["decoded"] += 1
             index = index + 1 if frame.pts is None else int(round(float((frame.pts - start) * time_base * rate)))
@@ -110,6 +110,9 @@ def _decode_range(data: bytes, wanted: np.ndarray, threads: int, seek: bool, cou
                 frames[index] = frame.to_ndarray(format="rgb24")
             if index >= last:
                 break
+        else:  # the clip ended before `last`: keep its last frame, which pads the indices past the end (as DALI)
+            if frame is not None and index not in frames:
+                frames[index] = frame.to_ndarray(format="rgb24")
     return frames
 
 

@@ -8,7 +8,9 @@ that finished early. A batch is
     {"video": uint8 (B, C*K, 3, T, S, S), "label": (B,), "index": (B,), "key": [B], "valid": bool (B,)}
 
 with views ordered clip-major. A video that cannot be read or decoded comes back with valid=False
-and is counted and named in `stats()`.
+and is counted and named in `stats()`; a pass that evaluated none of its rank's videos, or skipped
+more than `max_decode_failures` of them (judged from 100 videos on, as in training), raises instead
+of reporting metrics over a remnant.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class EvalContext:
     img_size: int
     short_side: int
     decoder: str
+    max_failure_share: float | None = 0.01  # data.max_decode_failures: skipped share that fails a pass
 
     @property
     def num_videos(self) -> int:
@@ -56,6 +59,11 @@ class EvalContext:
     @property
     def num_batches(self) -> int:
         return max(1, math.ceil(self.per_rank / self.batch))
+
+    @property
+    def rank_videos(self) -> int:
+        """Videos this rank evaluates (the last ranks may get fewer, or none)."""
+        return max(0, min((self.rank + 1) * self.per_rank, self.num_videos) - self.rank * self.per_rank)
 
     @property
     def views(self) -> int:
@@ -93,13 +101,13 @@ class _EvalConsumer(IterableDataset):
             stats.unreadable += 1
             return None
         try:
-            parsed = parse_sample(raw, ds, dataset)
+            parsed = parse_sample(raw, ds, dataset, url)
             clips = test_indices(ctx.clip, parsed.frames, parsed.fps, ctx.num_clips)
             (frames,) = decoder.decode([EncodedClip(parsed.data, np.concatenate(clips), parsed.key)])
             if isinstance(frames, Exception):
                 raise frames
         except DecodeError as exc:
-            stats.fail(raw.get("__key__", "?"), ds.name, str(exc))
+            stats.fail(raw.get("__key__", "?"), ds.name, str(exc), url)
             return None
         stats.samples += 1
         t = ctx.clip.num_frames
@@ -129,7 +137,7 @@ class EvalStream:
                  prefetch: int, pin_memory: bool):
         self.ctx, self.classes, self.decoder_reason = ctx, classes, decoder_reason
         self.num_workers, self.prefetch, self.pin_memory = num_workers, prefetch, pin_memory
-        self._log = StatsLog(ctx.decoder)
+        self._log = StatsLog(ctx.decoder, ctx.max_failure_share)
 
     @property
     def num_videos(self) -> int:
@@ -151,9 +159,23 @@ class EvalStream:
         loader = DataLoader(_EvalConsumer(self.ctx), batch_size=None, num_workers=workers,
                             prefetch_factor=self.prefetch if workers else None, pin_memory=self.pin_memory,
                             worker_init_fn=ignore_stop_signals)
+        before = self._log.counts()
         for batch in loader:
             self._log.merge(batch.pop("__stats__"))
             yield batch
+        self._check_pass(before)
+
+    def _check_pass(self, before: dict[str, int]) -> None:
+        """A finished pass must have evaluated videos, and not skipped more than the limit allows:
+        metrics over none, or over a remnant, would read as a (bad) result instead of an error."""
+        done = {name: count - before[name] for name, count in self._log.counts().items()}
+        if self.ctx.rank_videos and done["samples"] == 0:
+            problems = [f"{p['url']}: {p['reason']}" for p in self._log.totals["shard_problems"][:3]]
+            failed = [f"{f['key']}: {f['reason']}" for f in self._log.totals["failed"][-3:]]
+            raise RuntimeError(f"evaluation (rank {self.ctx.rank}) read none of its {self.ctx.rank_videos} videos "
+                               f"({done['unreadable']} unreadable, {done['decode_failures']} undecodable): "
+                               f"shards {problems}; samples {failed}")
+        self._log.check(since=before)  # as in training, judged from 100 videos on
 
     def stats(self) -> dict[str, Any]:
         return self._log.snapshot()
@@ -165,9 +187,11 @@ def build_eval_stream(
     img_size: int = 224, short_side: int = 256, test_clips: int = 2, test_crops: int = 3,
     decoder: str = "auto", device: str = "cpu", num_workers: int = 2, prefetch: int = 2,
     classes: str | Sequence[str] | None = None, require_labels: bool = True, allow_pipe: bool = False,
+    max_decode_failures: float | None = 0.01,
 ) -> EvalStream:
     """The evaluation stream of one rank (see the module docstring). Decoding happens in the
-    workers (PyAV, or DALI cpu on VP9 shards); `classes` must be the training label space."""
+    workers (PyAV, or DALI cpu on VP9 shards); `classes` must be the training label space;
+    `max_decode_failures`: the share of skipped videos that fails a pass (as in training)."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} / world size {world_size} is not a valid placement")
     if videos_per_batch < 1 or num_workers < 0 or prefetch < 1:
@@ -185,6 +209,6 @@ def build_eval_stream(
     log.info("eval stream: decoder %s (%s)", kind, reason)
     ctx = EvalContext(sets, rank, world_size, videos_per_batch,
                       ClipSpec(num_frames, sampling, stride, window_s), test_clips, test_crops, img_size, short_side,
-                      kind)
+                      kind, max_decode_failures)
     return EvalStream(ctx, space, reason, num_workers, prefetch,
                       pin_memory=torch.device(device).type == "cuda")

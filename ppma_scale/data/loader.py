@@ -195,7 +195,9 @@ def build_train_stream(
     (manifest, weight, name, shards). `device`: where training runs ('cpu', 'cuda:0'); it decides
     whether `decoder='auto'` may decode on the GPU. `require_labels`: classification (every
     dataset class must be in the label space). `decode_in_main`: decode in the main process instead of
-    the workers; None = only for GPU decode (DALI mixed), which cannot run in forked workers."""
+    the workers; None = only for GPU decode (DALI mixed), which cannot run in forked workers.
+    `max_decode_failures`: the share of samples skipped (undecodable or unreadable) that stops the run.
+    Local shards are checked at once: a missing one, or a size other than the manifest's, is an error."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} / world size {world_size} is not a valid placement")
     if micro_batch < 1:

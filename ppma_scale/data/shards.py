@@ -5,6 +5,8 @@ optional `shards` override: a brace pattern, list, or `pipe:` template whose exp
 manifest's shard URLs in order (e.g. the same shards copied to an object store). `open_sources`
 turns specs into `ShardSet`s and one label space in which every dataset's labels are mapped by
 class *name*, so two datasets whose class lists are ordered differently still agree on ids.
+Local shards are checked once (stat only) before anything reads them: a missing shard, or one whose
+size differs from the manifest's, stops the run at start-up instead of silently thinning the data.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ class ShardSet:
     classes: list[str]
     codec: str | None = None  # 'h264' | 'vp9' | None when the manifest does not say
     label_map: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # own id -> global id (-1: none)
+    require_labels: bool = False  # labels are trained on: each sample's label_name must match `classes`
+    manifest: str = ""  # where the manifest was read from (for error messages)
 
     @property
     def num_samples(self) -> int:
@@ -138,6 +142,31 @@ def resolve_shard_urls(manifest: Manifest, spec: SourceSpec, allow_pipe: bool, w
     return urls
 
 
+def check_local_shards(manifest: Manifest, urls: Sequence[str], what: str, source: str = "", shown: int = 5) -> None:
+    """Stat every local shard once: missing ones, or sizes other than the manifest's `bytes`, are an
+    error naming them (a partial copy would otherwise train on a remnant, warning per shard)."""
+    missing, resized = [], []
+    for info, url in zip(manifest.shards, urls):
+        if not is_local(url):
+            continue
+        path = local_path(url)
+        try:
+            size = os.stat(path).st_size
+        except OSError as exc:
+            missing.append(path if isinstance(exc, FileNotFoundError) else f"{path} ({exc.strerror or exc})")
+            continue
+        if info.bytes and size != info.bytes:
+            resized.append(f"{path} ({size} bytes, manifest says {info.bytes})")
+    if not missing and not resized:
+        return
+    parts = [f"{label}: {', '.join(items[:shown])}" + (f" and {len(items) - shown} more" if len(items) > shown else "")
+             for label, items in (("missing", missing), ("size differs", resized)) if items]
+    message = (f"{what}: {len(missing) + len(resized)} of the {len(urls)} shards of manifest "
+               f"{source or manifest.location} "
+               f"cannot be used ({'; '.join(parts)}). Restore them (ppma-verify checks a set) before reading it")
+    raise (FileNotFoundError if missing else ValueError)(message)
+
+
 def read_class_names(path: str) -> list[str]:
     """A label space: a class-names file (one per line) or a manifest whose classes are used."""
     p = Path(path)
@@ -198,11 +227,14 @@ def open_sources(specs: Iterable[Any], *, allow_pipe: bool = False, classes: str
     sets = []
     for i, (spec, manifest) in enumerate(zip(specs, manifests)):
         where = f"{what}[{i}]"
+        urls = resolve_shard_urls(manifest, spec, allow_pipe, where)
+        check_local_shards(manifest, urls, where, str(spec.manifest))
         sets.append(ShardSet(
-            name=spec.name or manifest.dataset, urls=resolve_shard_urls(manifest, spec, allow_pipe, where),
+            name=spec.name or manifest.dataset, urls=urls,
             counts=[int(s.samples) for s in manifest.shards], weight=spec.weight / total_weight,
             classes=list(manifest.classes), codec=manifest_codec(manifest),
-            label_map=map_labels(manifest.classes, space, where, require_labels)))
+            label_map=map_labels(manifest.classes, space, where, require_labels),
+            require_labels=require_labels, manifest=str(spec.manifest)))
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
         raise ValueError(f"{what}: dataset names {names} repeat; give each entry a distinct `name`")

@@ -214,7 +214,8 @@ def views_stream(cfg, dist: DistInfo, datasets: list, classes: list[str]):
         num_frames=data.num_frames, sampling=data.sampling, stride=data.stride, window_s=data.window_s,
         img_size=data.img_size, short_side=data.short_side, test_clips=data.test_clips, test_crops=data.test_crops,
         decoder=data.decoder, device=str(dist.device), num_workers=data.num_workers, prefetch=data.prefetch,
-        classes=classes, require_labels=True, allow_pipe=data.allow_pipe)
+        classes=classes, require_labels=True, allow_pipe=data.allow_pipe,
+        max_decode_failures=data.max_decode_failures)
 
 
 def evaluate_classifier(cfg, dist: DistInfo, predict, out_file: Path, classes: list[str]) -> dict:

@@ -50,12 +50,15 @@ ShardSetMaker = Callable[..., Path]
 def make_shards(tmp_path, video_pool) -> ShardSetMaker:
     """make_shards(name, sizes, classes=CLASSES, codec='h264', bad={global index: kind}) -> manifest path.
 
-    Sample i (counting over all shards) has key f"{name}_{i:04d}" and label i % len(classes).
-    `bad` kinds: 'garbage' (undecodable video bytes), 'nocls' (no label), 'novideo' (no video field).
+    Sample i (counting over all shards) has key f"{name}_{i:04d}", label i % len(classes) and, as
+    ppma-pack writes it, that class's name as the json's label_name.
+    `bad` kinds: 'garbage' (undecodable video bytes), 'nocls' (no label), 'novideo' (no video field),
+    'nulljson' (json `null`), 'nulllabel' (no .cls, json label null).
+    `record_bytes`: the manifest records each shard's size, as ppma-pack's does.
     """
 
     def make(name: str, sizes: Sequence[int], classes: Sequence[str] = CLASSES, codec: str = "h264",
-             bad: dict[int, str] | None = None, folder: Path | None = None) -> Path:
+             bad: dict[int, str] | None = None, folder: Path | None = None, record_bytes: bool = False) -> Path:
         folder = folder or tmp_path / name
         folder.mkdir(parents=True, exist_ok=True)
         ext = "mp4" if codec == "h264" else "webm"
@@ -66,18 +69,23 @@ def make_shards(tmp_path, video_pool) -> ShardSetMaker:
             with wds.TarWriter(str(folder / url)) as sink:
                 for _ in range(size):
                     kind = (bad or {}).get(index)
+                    label = index % len(classes)
+                    meta = {"fps": FPS, "frames": 24, "width": 48, "height": 32, "label": label,
+                            "label_name": classes[label]}
                     sample = {"__key__": f"{name}_{index:04d}",
                               ext: b"\x00garbage" * 64 if kind == "garbage" else videos[index % len(videos)],
-                              "cls": str(index % len(classes)).encode(),
-                              "json": json.dumps({"fps": FPS, "frames": 24, "width": 48, "height": 32}).encode()}
-                    if kind == "nocls":
+                              "cls": str(label).encode(), "json": json.dumps(meta).encode()}
+                    if kind in ("nocls", "nulllabel"):
                         del sample["cls"]
-                        sample["json"] = b"{}"
+                        sample["json"] = b"{}" if kind == "nocls" else b'{"label": null}'
+                    if kind == "nulljson":
+                        sample["json"] = b"null"
                     if kind == "novideo":
                         del sample[ext]
                     sink.write(sample)
                     index += 1
-            shards.append(ShardInfo(url=url, samples=size))
+            shards.append(ShardInfo(url=url, samples=size,
+                                    bytes=(folder / url).stat().st_size if record_bytes else 0))
         manifest = Manifest(dataset=name, classes=list(classes), shards=shards,
                             settings={"encode": {"codec": codec}})
         return manifest.save(folder)

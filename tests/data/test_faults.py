@@ -43,10 +43,10 @@ def test_too_many_decode_failures_stop_the_run_with_names(make_shards):
 def test_missing_and_truncated_shards_are_reported_once_and_skipped(make_shards, tmp_path):
     manifest_path = make_shards("a", [5, 5, 5, 5])
     folder = manifest_path.parent
+    s = stream([manifest_path], world_size=1)  # damage found during the run (at start-up it is an error)
     (folder / "a-0001.tar").unlink()  # missing
     data = (folder / "a-0002.tar").read_bytes()
     (folder / "a-0002.tar").write_bytes(data[: len(data) // 2])  # truncated mid-sample
-    s = stream([manifest_path], world_size=1)
     assert s.steps_per_epoch == 10  # from the manifest: every rank keeps its step count
     keys = take_keys(s, 20)  # two full epochs, no hang
     assert len(keys) == 40
@@ -60,9 +60,9 @@ def test_missing_and_truncated_shards_are_reported_once_and_skipped(make_shards,
 
 def test_every_shard_missing_fails_clearly_instead_of_spinning(make_shards):
     manifest_path = make_shards("a", [4, 4])
+    s = stream([manifest_path], num_workers=0)  # shards lost after start-up (before, it is an error)
     for tar in manifest_path.parent.glob("*.tar"):
         tar.unlink()
-    s = stream([manifest_path], num_workers=0)
     s.ctx.max_unreadable_run = 50
     with pytest.raises(RuntimeError, match="could not be read"):
         take_keys(s, 1)

@@ -13,17 +13,27 @@ import argparse
 import sys
 from pathlib import Path
 
-from .engine.averaging import average_state_dicts, check_same_layout
-from .cli import run_tool
+from .cli import refuse_overwriting_inputs, run_tool
+from .engine.averaging import average_state_dicts, check_same_layout, check_weights
 
 
 def average_files(inputs: list[str], out: str | Path, weights: list[float] | None = None,
                   trunk_only: bool = False) -> Path:
-    """Average the checkpoints `inputs` (uniformly unless `weights`) into the safetensors file `out`."""
-    from safetensors.torch import save_file
+    """Average the checkpoints `inputs` (uniformly unless `weights`) into the safetensors file `out`.
+
+    Everything that can be checked before reading the (possibly large) inputs is: their number, the
+    weights, and that `out` is none of them.
+    """
     from .engine.pretrained import read_state_dict, read_trunk
+    from .models.convert import save_safetensors
     if len(inputs) < 2:
         raise ValueError(f"give at least 2 checkpoints to average, got {len(inputs)}")
+    if weights is not None:
+        try:
+            check_weights(weights, len(inputs))
+        except ValueError as exc:
+            raise ValueError(f"--weights: {exc}") from None
+    refuse_overwriting_inputs([out], inputs)
     states = [read_trunk(path).state if trunk_only else read_state_dict(path) for path in inputs]
     if trunk_only:
         states = _drop_unshared_final_norms(states)
@@ -33,13 +43,10 @@ def average_files(inputs: list[str], out: str | Path, weights: list[float] | Non
         hint = "" if trunk_only else " (to blend models with different heads or decoders, pass --trunk)"
         raise ValueError(f"{exc}{hint}") from None
     averaged = average_state_dicts(states, weights)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     shown = weights if weights is not None else [round(1 / len(inputs), 6)] * len(inputs)
     metadata = {"format": "ppma_scale", "averaged_from": "\n".join(str(p) for p in inputs),
                 "weights": " ".join(str(w) for w in shown), "trunk_only": str(trunk_only)}
-    save_file({k: v.contiguous() for k, v in averaged.items()}, str(out), metadata=metadata)
-    return out
+    return save_safetensors({k: v.contiguous() for k, v in averaged.items()}, out, metadata=metadata)
 
 
 def _drop_unshared_final_norms(states: list[dict]) -> list[dict]:

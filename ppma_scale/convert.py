@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ppma_scale.cli import refuse_overwriting_inputs, run_tool
 from ppma_scale.models.convert import (encoder_from_trunk, export_hf, linear_head_state_dict, load_trunk_weights,
-                                       load_weights_file, to_trunk_state_dict)
-from ppma_scale.cli import run_tool
+                                       load_weights_file, save_safetensors, to_trunk_state_dict)
+from ppma_scale.models.hf_export import num_heads_from_hf_config
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -28,7 +29,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--to", choices=("trunk", "hf"), default="trunk")
     parser.add_argument("--num-frames", type=int, default=16)
     parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--num-heads", type=int, default=None, help="needed when width x depth is not in the size table")
+    parser.add_argument("--num-heads", type=int, default=None,
+                        help="needed when width x depth is not in the size table (a Hugging Face folder's "
+                             "config.json gives it)")
     parser.add_argument("--source-grid", type=int, nargs=3, default=None, metavar=("T", "H", "W"),
                         help="token grid of the checkpoint's learned position table, if it cannot be inferred")
     parser.add_argument("--allow-pos-mismatch", action="store_true",
@@ -40,24 +43,23 @@ def convert(args: argparse.Namespace) -> dict:
     """Do one conversion; returns the report that main() prints."""
     from ppma_scale.models.heads import VideoClassifier
 
+    out = Path(args.output)
+    refuse_overwriting_inputs([out] if args.to == "trunk" else [out / "model.safetensors", out / "config.json"],
+                              [args.input])
     state = load_weights_file(args.input)
     trunk, layout = to_trunk_state_dict(state)
-    encoder = encoder_from_trunk(trunk, args.num_frames, args.img_size, args.num_heads,
-                                 final_norm=args.to == "trunk")
+    num_heads = args.num_heads if args.num_heads is not None else num_heads_from_hf_config(args.input)
+    encoder = encoder_from_trunk(trunk, args.num_frames, args.img_size, num_heads, final_norm=args.to == "trunk")
     report = load_trunk_weights(encoder, trunk, layout, tuple(args.source_grid) if args.source_grid else None)
     if args.to == "trunk":
-        from safetensors.torch import save_file
-
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.clone() for k, v in encoder.state_dict().items()}, str(out), metadata={"format": "pt"})
+        save_safetensors({k: v.clone() for k, v in encoder.state_dict().items()}, out, metadata={"format": "pt"})
     else:
         head = linear_head_state_dict(state, layout)
         model = encoder
         if head is not None:
             model = VideoClassifier(encoder, num_classes=head["fc.weight"].shape[0], head="linear")
             model.head.load_state_dict(head)
-        export_hf(model, args.output, allow_pos_mismatch=args.allow_pos_mismatch)
+        export_hf(model, out, allow_pos_mismatch=args.allow_pos_mismatch, override_hint="pass --allow-pos-mismatch")
         report["head"] = "exported" if head is not None else "none (trunk only)"
     report["output"] = str(args.output)
     return report

@@ -37,7 +37,7 @@ def consolidated_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
 
 def export_checkpoint(source: str | Path, output: str | Path | None = None, dtype: str = "fp32") -> Path:
     """Write the weights of the checkpoint `source` names (run dir, checkpoints/ or step_N) to safetensors."""
-    from safetensors.torch import save_file
+    from .models.convert import save_safetensors
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     ckpt = find_checkpoint(source, what="export source")
@@ -47,14 +47,12 @@ def export_checkpoint(source: str | Path, output: str | Path | None = None, dtyp
         run_dir = ckpt.root.parent
         output = run_dir / "export" / f"{ckpt.tag}.safetensors"
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "ppma_scale", "task": str(marker.get("task", "")), "step": str(ckpt.step),
                 "dtype": dtype, "source": str(ckpt.path)}
     config_file = ckpt.root.parent / "config.yaml"
     if config_file.is_file():
         metadata["config"] = config_file.read_text()
-    save_file(state, str(output), metadata=metadata)
-    return output
+    return save_safetensors(state, output, metadata=metadata)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ the head while the source trunks stay frozen. `AveragedTrunk` does that with
 from __future__ import annotations
 
 import copy
+import math
 from typing import Iterable, Literal, Mapping, Sequence
 
 import torch
@@ -29,10 +30,7 @@ def average_state_dicts(state_dicts: Sequence[Mapping[str, torch.Tensor]],
         raise ValueError(f"averaging needs at least 2 state dicts, got {len(state_dicts)}")
     if weights is None:
         weights = [1.0 / len(state_dicts)] * len(state_dicts)
-    if len(weights) != len(state_dicts):
-        raise ValueError(f"got {len(weights)} weights for {len(state_dicts)} state dicts")
-    if any(w < 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
-        raise ValueError(f"weights must be non-negative and sum to 1, got {list(weights)}")
+    check_weights(weights, len(state_dicts))
     check_same_layout(state_dicts)
     averaged = {}
     for key, first in state_dicts[0].items():
@@ -46,6 +44,17 @@ def average_state_dicts(state_dicts: Sequence[Mapping[str, torch.Tensor]],
                                      "it cannot be averaged")
             averaged[key] = first.clone()
     return averaged
+
+
+def check_weights(weights: Sequence[float], count: int) -> None:
+    """Raise a ValueError unless `weights` are `count` finite, non-negative numbers summing to 1
+    (a NaN passes every comparison, and would silently make every averaged tensor NaN)."""
+    if len(weights) != count:
+        raise ValueError(f"got {len(weights)} weights for {count} inputs: give one weight per input")
+    if not all(math.isfinite(w) for w in weights):
+        raise ValueError(f"weights must be finite numbers, got {list(weights)}")
+    if any(w < 0 for w in weights) or abs(math.fsum(weights) - 1.0) > 1e-6:
+        raise ValueError(f"weights must be non-negative and sum to 1, got {list(weights)} (sum {math.fsum(weights):g})")
 
 
 def check_same_layout(state_dicts: Sequence[Mapping[str, torch.Tensor]],

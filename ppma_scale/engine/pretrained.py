@@ -38,6 +38,26 @@ def _is_run_or_checkpoint(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in ("checkpoints", "latest", "ppma_complete.json"))
 
 
+def check_source(key: str, path: str | Path) -> None:
+    """Cheap check, before any rank starts, that the weights `key` names exist and, for a weights
+    file or Hugging Face folder, that its files are weights files (their headers, not their tensors,
+    are read). Errors name `key`."""
+    from ..models.convert import check_weights_file, weights_files
+    location = Path(path).expanduser()
+    if not location.exists():
+        raise FileNotFoundError(f"{key}: {path} does not exist (expected a run directory, a checkpoint "
+                                "folder, a .safetensors/.pt weights file or a Hugging Face model folder)")
+    if _is_run_or_checkpoint(location):
+        return
+    try:
+        for file in weights_files(location):
+            check_weights_file(file)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{key}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+
+
 def read_state_dict(path: str | Path) -> StateDict:
     """All tensors stored at `path` (run dir / checkpoints dir / step_N dir / weights file / HF folder)."""
     from ..models.convert import load_weights_file

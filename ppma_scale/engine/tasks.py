@@ -69,6 +69,9 @@ class Task:
     """Base task: defaults that suit most stages. Subclasses set `name` and implement the abstract parts."""
 
     name = "task"
+    # Set by the trainer when resuming: the checkpoint holds every trained weight, so model.init is
+    # neither required to exist nor read.
+    resume_from: Path | None = None
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -82,6 +85,18 @@ class Task:
                 raise FileNotFoundError(f"data.train[{index}].manifest: {spec.manifest} does not exist")
         if not self.cfg.data.train:
             raise ValueError("data.train is empty: give at least one shard manifest")
+        self._check_weight_files()
+
+    def _check_weight_files(self) -> None:
+        """A model.init / model.average weights file that is not one fails here, before any rank
+        starts, rather than on every rank while the model is built (missing paths are the stage's call)."""
+        from .pretrained import check_source
+        model = self.cfg.model
+        named = [("model.init", model.init)] if model.init and self.resume_from is None else []
+        named += [(f"model.average[{i}]", path) for i, path in enumerate(model.average)]
+        for key, path in named:
+            if Path(path).expanduser().exists():
+                check_source(key, path)
 
     def build_model(self, dist: DistInfo) -> nn.Module:
         raise NotImplementedError
@@ -180,7 +195,15 @@ class MAETask(Task):
     """Stage 1: masked autoencoding of video clips (MSE on masked, per-patch normalised patches)."""
 
     def validate(self) -> None:
+        model = self.cfg.model
+        if model.average:
+            raise ValueError("model.average blends frozen trunks under a trained head (classification stages); "
+                             "stage 1 (MAE) trains the whole trunk. To start it from a blend, write one with "
+                             "`python -m ppma_scale.average ... --trunk --out soup.safetensors` and set model.init")
         super().validate()
+        if model.init and self.resume_from is None:
+            from .pretrained import check_source
+            check_source("model.init", model.init)
         mae = self.cfg.mae
         if not 0.0 < mae.mask_ratio < 1.0:
             raise ValueError(f"mae.mask_ratio must be in (0, 1), got {mae.mask_ratio}")
@@ -188,9 +211,21 @@ class MAETask(Task):
             raise ValueError(f"mae.decoder_mask_ratio must be in [0, 1), got {mae.decoder_mask_ratio}")
 
     def build_model(self, dist: DistInfo) -> nn.Module:
+        """The MAE; with model.init, its encoder starts from that trunk (e.g. to continue MAE from
+        VideoMAE / PPMA weights). The decoder always starts fresh: resume a run to keep one."""
         from ..models import build_mae
         cfg = self.cfg
         model = build_mae(cfg.model, cfg.mae, cfg.data.num_frames, cfg.data.img_size)
+        if cfg.model.init and self.resume_from is None:
+            from .pretrained import init_trunk
+            try:
+                source, report = init_trunk(model.encoder, cfg.model.init)
+            except ValueError as exc:
+                raise ValueError(f"model.init: {exc}") from None
+            if dist is None or dist.is_main:
+                filled = f"; filled {report['filled']}" if report["filled"] else ""
+                print(f"[tasks] encoder from {source.describe()}; position table: {report['pos_embed']}{filled}; "
+                      "the decoder starts from random weights", flush=True)
         self.grid = tuple(model.encoder.grid)
         return model
 

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pickle
 import re
+import uuid
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +34,7 @@ StateDict = dict[str, torch.Tensor]
 LAYOUTS = ("ours", "videomae", "omnivision", "hf")
 CONTAINER_KEYS = ("model", "module", "state_dict", "model_state", "model_state_dict")
 FIXED_POS_LAYOUTS = ("videomae", "hf")  # layouts whose fixed 1-D table is not stored in the file
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
 
 
 # ------------------------------------------------------------------------------------- reading
@@ -37,32 +42,110 @@ FIXED_POS_LAYOUTS = ("videomae", "hf")  # layouts whose fixed 1-D table is not s
 
 def load_weights_file(path: str | Path) -> StateDict:
     """Tensors of a checkpoint file (or a Hugging Face model directory), unwrapped to a flat dict."""
+    merged: StateDict = {}
+    for file in weights_files(path):
+        if check_weights_file(file) == "safetensors":
+            merged.update(_load_safetensors(file))
+        else:
+            merged.update(unwrap_state_dict(_torch_load(file), str(file)))
+    return merged
+
+
+def weights_files(path: str | Path) -> list[Path]:
+    """The files `load_weights_file` reads for `path`: the file itself, or a Hugging Face folder's
+    model.safetensors / pytorch_model.bin / index shards."""
     path = Path(path).expanduser()
     if path.is_dir():
-        candidates = [path / "model.safetensors", path / "pytorch_model.bin"]
         index = path / "model.safetensors.index.json"
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            merged: StateDict = {}
-            for shard in shards:
-                merged.update(load_weights_file(path / shard))
-            return merged
-        found = [c for c in candidates if c.is_file()]
+            return [path / shard for shard in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        found = [c for c in (path / "model.safetensors", path / "pytorch_model.bin") if c.is_file()]
         if not found:
             raise FileNotFoundError(f"{path} is a directory without model.safetensors or pytorch_model.bin")
-        path = found[0]
+        return found[:1]
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
+    return [path]
+
+
+def check_weights_file(path: str | Path) -> str:
+    """'safetensors' or 'torch': the format of the weights file `path`, from its first bytes (and a
+    safetensors header); a ValueError that says what is wrong with a file that is neither."""
+    path = Path(path)
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    if not head:
+        raise ValueError(f"{path} is empty (0 bytes): not a weights file")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        _safetensors_header(path)
+        return "safetensors"
+    if head.startswith(ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{path} is a truncated or damaged PyTorch checkpoint: it starts as a zip archive "
+                             "(torch.save) but has no readable end; was the save or the copy cut short?")
+        return "torch"
+    if head.startswith(b"\x80"):  # a pickle, protocol 2+: torch.save's legacy format
+        return "torch"
+    if head[8:9] == b"{":  # 8-byte header length, then the JSON header: safetensors under another name
+        _safetensors_header(path)
+        return "safetensors"
+    raise ValueError(f"{path} is not a weights file: neither safetensors, nor a PyTorch zip archive, nor a pickle "
+                     f"(it starts with {head!r})")
+
+
+def _safetensors_header(path: Path) -> None:
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except SafetensorError as exc:
+        raise ValueError(f"{path} is not a readable safetensors file ({exc}); is it truncated, or another "
+                         "format with a .safetensors name?") from None
+
+
+def _load_safetensors(path: Path) -> StateDict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
         return load_file(str(path))
+    except SafetensorError as exc:
+        raise ValueError(f"{path} is a damaged safetensors file ({exc})") from None
+
+
+def _torch_load(path: Path) -> object:
+    """torch.load without running pickled code; a damaged file and a file that needs code are told apart."""
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle.UnpicklingError and friends: say what to do
-        raise ValueError(f"{path} cannot be read without running pickled code ({exc}); re-save its "
-                         "state dict with torch.save(state_dict) or as safetensors") from None
-    return unwrap_state_dict(obj, str(path))
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        needs_code = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if needs_code is None:
+            raise ValueError(f"{path} is a damaged PyTorch checkpoint: {_first_line(exc)}") from None
+        raise ValueError(f"{path} cannot be read without running pickled code (it stores a "
+                         f"{needs_code.group(1)} object); re-save its state dict with torch.save(state_dict) "
+                         "or as safetensors") from None
+    except (RuntimeError, EOFError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path} is a truncated or damaged PyTorch checkpoint: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def save_safetensors(tensors: StateDict, path: str | Path, metadata: Optional[dict[str, str]] = None) -> Path:
+    """Write `tensors` to `path` atomically: a temporary file in the same folder, renamed over `path`
+    once complete, so a failed or interrupted write never leaves a half-written (or emptied) file."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        save_file(tensors, str(temp), metadata=metadata)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def unwrap_state_dict(obj: object, where: str = "checkpoint") -> StateDict:
@@ -248,6 +331,7 @@ def encoder_from_trunk(trunk: StateDict, num_frames: int, img_size: int, num_hea
             raise ValueError(f"a {embed_dim}-wide, {depth}-deep trunk is not in the size table: pass num_heads "
                              "(CLI: --num-heads)")
         num_heads = rows[0].num_heads
+    _check_clip_geometry(embed_dim, tubelet, patch, num_frames, img_size, num_heads)
     size = ViTSize(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, patch_size=patch)
     grid = (num_frames // tubelet, img_size // patch, img_size // patch)
     table = trunk.get("pos_embed")
@@ -260,3 +344,17 @@ def encoder_from_trunk(trunk: StateDict, num_frames: int, img_size: int, num_hea
     return VideoViT(size, num_frames=num_frames, img_size=img_size, tubelet=tubelet, in_chans=in_chans,
                     qkv_bias="blocks.0.attn.qkv.bias" in trunk, layer_scale=layer_scale, pos_embed=kind,
                     final_norm=final_norm and "norm.weight" in trunk)
+
+
+def _check_clip_geometry(embed_dim: int, tubelet: int, patch: int, num_frames: int, img_size: int,
+                         num_heads: int) -> None:
+    """The clip geometry asked for must cut into the checkpoint's tubelets, and the heads split its width."""
+    if num_frames < tubelet or num_frames % tubelet:
+        raise ValueError(f"num_frames (CLI: --num-frames) must be a positive multiple of the checkpoint's "
+                         f"tubelet {tubelet}, got {num_frames}")
+    if img_size < patch or img_size % patch:
+        raise ValueError(f"img_size (CLI: --img-size) must be a positive multiple of the checkpoint's patch size "
+                         f"{patch}, got {img_size}")
+    if num_heads < 1 or embed_dim % num_heads:
+        raise ValueError(f"num_heads (CLI: --num-heads) must divide the checkpoint's width {embed_dim}, "
+                         f"got {num_heads}")

@@ -10,6 +10,7 @@ faithfully (`model.pos_embed: sincos_1d`, or weights imported from VideoMAE / PP
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -92,15 +93,32 @@ def hf_config(encoder: nn.Module, num_labels: int = 0, id2label: Optional[dict[i
     }
 
 
+def num_heads_from_hf_config(path: str | Path) -> Optional[int]:
+    """`num_attention_heads` from the config.json of the Hugging Face VideoMAE folder `path` (or of
+    the folder holding the weights file `path`); None when there is no such config."""
+    path = Path(path).expanduser()
+    config_file = (path if path.is_dir() else path.parent) / "config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{config_file} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or config.get("model_type") != "videomae":
+        return None
+    heads = config.get("num_attention_heads")
+    return heads if isinstance(heads, int) and not isinstance(heads, bool) else None
+
+
 def export_hf(model: nn.Module, out_dir: str | Path, id2label: Optional[dict[int, str]] = None,
-              allow_pos_mismatch: bool = False) -> Path:
+              allow_pos_mismatch: bool = False, override_hint: str = "pass allow_pos_mismatch=True") -> Path:
     """Write `model` (VideoClassifier with a linear head, MAE, or VideoViT) in transformers' layout.
 
     A classifier exports as VideoMAEForVideoClassification (head -> `fc_norm` + `classifier`); a
     trunk as VideoMAEModel (from_pretrained of the classification class then adds a fresh head).
+    `override_hint` says how the caller lifts the position-table check (a CLI names its flag).
     """
-    from safetensors.torch import save_file
-
+    from ppma_scale.models.convert import save_safetensors
     from ppma_scale.models.heads import LinearHead, VideoClassifier
     from ppma_scale.models.mae import MAE
 
@@ -116,7 +134,7 @@ def export_hf(model: nn.Module, out_dir: str | Path, id2label: Optional[dict[int
                                                       atol=5e-3):
         raise ValueError("transformers' VideoMAE adds its fixed 1-D sin-cos position table, and this trunk was "
                          f"trained with another ({encoder.pos_embed_kind}); the export would compute different "
-                         "features. Train with model.pos_embed=sincos_1d, or pass allow_pos_mismatch=True")
+                         f"features. Train with model.pos_embed=sincos_1d, or {override_hint}")
     tensors = trunk_to_hf(encoder)
     if head is not None:
         tensors.update({"fc_norm.weight": head.norm.weight, "fc_norm.bias": head.norm.bias,
@@ -126,7 +144,9 @@ def export_hf(model: nn.Module, out_dir: str | Path, id2label: Optional[dict[int
         config = hf_config(encoder, 0, id2label, "VideoMAEModel")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().cpu().clone() for k, v in tensors.items()},
-              str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_safetensors({k: v.detach().float().cpu().clone() for k, v in tensors.items()},
+                     out / "model.safetensors", metadata={"format": "pt"})
+    temp = out / f".config.json.{os.getpid()}.tmp"
+    temp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(temp, out / "config.json")
     return out

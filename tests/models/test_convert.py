@@ -224,12 +224,101 @@ def test_cli_videomae_to_transformers_and_trunk(tmp_path, hf_classifier, clip):
     with torch.no_grad():
         torch.testing.assert_close(reloaded(clip.transpose(1, 2)).logits, hf_classifier(clip.transpose(1, 2)).logits,
                                    atol=1e-4, rtol=0)
-    assert convert_main([str(tmp_path / "hf"), str(tmp_path / "t.safetensors"), "--num-frames", "4",
+    assert convert_main([str(tmp_path / "ft.pth"), str(tmp_path / "t.safetensors"), "--num-frames", "4",
                          "--img-size", "32"]) == 2  # 48 x 2 is not in the size table and no --num-heads
     done = subprocess.run([sys.executable, "-m", "ppma_scale.convert", str(tmp_path / "hf"),
-                           str(tmp_path / "t.safetensors"), "--num-frames", "4", "--img-size", "32", "--num-heads", "3"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                           str(tmp_path / "t.safetensors"), "--num-frames", "4", "--img-size", "32"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)  # heads from hf/config.json
     assert done.returncode == 0, done.stderr
     assert '"layout": "hf"' in done.stdout
     trunk = load_weights_file(tmp_path / "t.safetensors")
     assert detect_layout(trunk) == "ours" and trunk["pos_embed"].shape == (1, 32, 48)
+
+
+@pytest.fixture()
+def our_mae_file(tmp_path, make_encoder):
+    torch.manual_seed(0)
+    mae = MAE(make_encoder(size=dict(depth=2)), decoder_depth=1)
+    save_file(mae.state_dict(), tmp_path / "mae.safetensors")
+    return tmp_path / "mae.safetensors"
+
+
+GEOMETRY = ["--num-frames", "4", "--img-size", "32", "--num-heads", "3"]
+
+
+@pytest.mark.parametrize("output", ["mae.safetensors", "./x/../mae.safetensors", "link.safetensors"])
+def test_cli_refuses_to_overwrite_its_input(tmp_path, capsys, our_mae_file, output):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "link.safetensors").symlink_to(our_mae_file)
+    before = our_mae_file.read_bytes()
+    assert convert_main([str(our_mae_file), str(tmp_path / output), *GEOMETRY]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert our_mae_file.read_bytes() == before
+
+
+def test_cli_refuses_to_export_over_the_hugging_face_folder_it_reads(tmp_path, capsys, our_mae_file):
+    hf = tmp_path / "hf"
+    assert convert_main([str(our_mae_file), str(hf), "--to", "hf", "--allow-pos-mismatch", *GEOMETRY]) == 0
+    before = (hf / "model.safetensors").read_bytes()
+    for source in (hf, hf / "model.safetensors"):
+        assert convert_main([str(source), str(hf), "--to", "hf", "--allow-pos-mismatch", *GEOMETRY]) == 2
+        assert "would overwrite the input" in capsys.readouterr().err
+    assert (hf / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in hf.iterdir()) == ["config.json", "model.safetensors"]  # no temporaries left
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num-frames", "0", "--img-size", "32", "--num-heads", "3"], "--num-frames"),
+    (["--num-frames", "5", "--img-size", "32", "--num-heads", "3"], "--num-frames"),
+    (["--num-frames", "4", "--img-size", "30", "--num-heads", "3"], "--img-size"),
+    (["--num-frames", "4", "--img-size", "32", "--num-heads", "5"], "--num-heads"),
+    (["--num-frames", "4", "--img-size", "32", "--num-heads", "0"], "--num-heads"),
+])
+def test_cli_bad_geometry_is_one_line_naming_the_flag(tmp_path, capsys, our_mae_file, flags, message):
+    assert convert_main([str(our_mae_file), str(tmp_path / "t.safetensors"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ppma-convert: error: ") and message in err and "Traceback" not in err
+
+
+def test_cli_pos_mismatch_error_names_the_cli_flag(tmp_path, capsys, our_mae_file):
+    assert convert_main([str(our_mae_file), str(tmp_path / "hf"), "--to", "hf", *GEOMETRY]) == 2
+    err = capsys.readouterr().err
+    assert "pass --allow-pos-mismatch" in err and "allow_pos_mismatch=True" not in err
+
+
+def mae_task(init, data_train="unused.json", **model):
+    from ppma_scale.config import build_config
+    from ppma_scale.engine.tasks import build_task
+    cfg = build_config({"run": {"task": "mae"}, "data": {"train": data_train, "num_frames": 4, "img_size": 32},
+                        "model": {"size": "tiny", "embed_dim": 48, "depth": 2, "num_heads": 3, "patch_size": 8,
+                                  "init": init, **model}})
+    return build_task(cfg)
+
+
+def solo():
+    from ppma_scale.engine.dist import DistInfo
+    return DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
+
+
+def test_mae_task_starts_its_encoder_from_model_init(our_mae_file):
+    from safetensors.torch import load_file
+    model = mae_task(str(our_mae_file)).build_model(solo())
+    source = load_file(our_mae_file)
+    for name, tensor in model.encoder.state_dict().items():
+        torch.testing.assert_close(tensor, source[f"encoder.{name}"], rtol=0, atol=0, msg=name)
+    assert not torch.equal(model.decoder_embed.weight, source["decoder_embed.weight"])  # the decoder starts fresh
+
+
+def test_mae_task_checks_model_init_early_unless_resuming(tmp_path, our_mae_file):
+    with pytest.raises(FileNotFoundError, match="model.init: .*gone does not exist"):
+        mae_task(str(tmp_path / "gone"), data_train=str(our_mae_file)).validate()
+    resumed = mae_task(str(tmp_path / "gone"), data_train=str(our_mae_file))
+    resumed.resume_from = tmp_path  # the checkpoint holds every weight: model.init is not read
+    resumed.validate()
+    resumed.build_model(solo())
+
+
+def test_mae_task_refuses_model_average(our_mae_file):
+    task = mae_task(None, data_train=str(our_mae_file), average=[str(our_mae_file), str(our_mae_file)])
+    with pytest.raises(ValueError, match="model.average .*stage 1 \\(MAE\\) trains the whole trunk"):
+        task.validate()

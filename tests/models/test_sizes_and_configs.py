@@ -79,7 +79,7 @@ def test_builders_apply_config_overrides(tmp_path):
     ("model.act_checkpoint_every=-1", "model.act_checkpoint_every"),
 ])
 def test_bad_model_values_fail_with_the_key_named(override, message):
-    cfg = load_config(CONFIGS / "vitb.yaml", TINY_CLIP + [override])
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message):  # at load time (ConfigError), before any model is built
+        cfg = load_config(CONFIGS / "vitb.yaml", TINY_CLIP + [override])
         with torch.device("meta"):
             build_mae(cfg.model, cfg.mae, cfg.data.num_frames, cfg.data.img_size)

@@ -110,3 +110,63 @@ def test_adaptive_average_input_errors():
         AveragedTrunk(SmallTrunk(), [a, {"proj.weight": b["proj.weight"]}], source_names=["runs/a", "runs/b"])
     with pytest.raises(ValueError, match="average_mode"):
         AveragedTrunk(SmallTrunk(), [a, b], mode="per_layer")
+
+
+@pytest.mark.parametrize("weights, message", [
+    ([float("nan"), float("nan")], "finite"),
+    ([float("inf"), 0.0], "finite"),
+    ([0.5, float("nan")], "finite"),
+    ([0.0, 0.0], "sum to 1"),
+    ([-1.0, 2.0], "non-negative"),
+    ([1.0], "one weight per input"),
+])
+def test_non_finite_and_other_bad_weights_are_refused(weights, message):
+    a, b = trunk_states(2)
+    with pytest.raises(ValueError, match=message):
+        average_state_dicts([a, b], weights=weights)
+
+
+def soup_inputs(tmp_path):
+    from safetensors.torch import save_file
+    paths = []
+    for name, state in zip("ab", trunk_states(2)):
+        paths.append(tmp_path / f"{name}.safetensors")
+        save_file(state, paths[-1])
+    return paths
+
+
+def test_average_cli_refuses_nan_weights_and_writes_nothing(tmp_path, capsys):
+    from ppma_scale.average import main
+    a, b = soup_inputs(tmp_path)
+    out = tmp_path / "soup.safetensors"
+    assert main([str(a), str(b), "--out", str(out), "--weights", "nan", "nan"]) == 2
+    assert "--weights: weights must be finite numbers" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("out_name", ["a.safetensors", "link.safetensors", "./sub/../a.safetensors"])
+def test_average_cli_refuses_to_overwrite_an_input(tmp_path, capsys, out_name):
+    from ppma_scale.average import main
+    a, b = soup_inputs(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.safetensors").symlink_to(a)
+    before = a.read_bytes()
+    assert main([str(a), str(b), "--out", str(tmp_path / out_name)]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert a.read_bytes() == before
+
+
+def test_average_cli_writes_the_soup_atomically_and_names_a_bad_input(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from ppma_scale.average import main
+    a, b = soup_inputs(tmp_path)
+    out = tmp_path / "soup.safetensors"
+    assert main([str(a), str(b), "--out", str(out)]) == 0
+    mean = (load_file(a)["proj.weight"] + load_file(b)["proj.weight"]) / 2
+    torch.testing.assert_close(load_file(out)["proj.weight"], mean)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors", "soup.safetensors"]
+    b.write_text("hello\n")  # not a safetensors file at all
+    assert main([str(a), str(b), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{b} is not a readable safetensors file" in err and "Traceback" not in err

@@ -4,6 +4,10 @@
     deepspeed --num_gpus 8 launch/pretrain.py --config configs/vitl.yaml data.train=/data/nohuman/manifest.json
     torchrun --nproc_per_node 8 launch/pretrain.py --config configs/vitl.yaml ...
     python launch/pretrain.py --config configs/demo/pretrain.yaml --output runs/demo
+
+Every stage's launcher also takes --allow-config-change: resume even though run-defining keys
+(optim.*, augment.*, micro_batch, ...) changed since the checkpoint; the changes are logged and
+written to RUN/config.resume-step_N.yaml (see ppma_scale/engine/resume_guard.py).
 """
 import sys
 from pathlib import Path

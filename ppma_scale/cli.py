@@ -7,10 +7,11 @@ mistake in it costs a second and leaves nothing behind.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .config import ConfigError, load_config
 
@@ -24,6 +25,7 @@ class LaunchArgs:
     overrides: list[str]
     output: str | None
     resume: str
+    allow_config_change: bool = False
 
 
 def parse_launch_args(argv: list[str], stage: str) -> LaunchArgs:
@@ -38,10 +40,14 @@ def parse_launch_args(argv: list[str], stage: str) -> LaunchArgs:
     parser.add_argument("--resume", default="auto",
                         help="'auto' (default): continue from the run directory's latest checkpoint if any; "
                              "'off': start fresh; or a run / checkpoints / step_N directory to start from")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume even though run-defining keys (optim.*, augment.*, micro_batch, ...) changed "
+                             "since the checkpoint; the changes are logged and the first config.yaml is kept")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)
-    return LaunchArgs(config=args.config, overrides=list(args.overrides), output=args.output, resume=args.resume)
+    return LaunchArgs(config=args.config, overrides=list(args.overrides), output=args.output, resume=args.resume,
+                      allow_config_change=args.allow_config_change)
 
 
 def _fail(stage: str, message: str, code: int) -> int:
@@ -62,13 +68,13 @@ def launch(argv: list[str], *, stage: str, tasks: tuple[str, ...]) -> int:
         from .engine.tasks import build_task
         from .engine.trainer import validate
         task = build_task(cfg)
-        validate(cfg, task, args.output or cfg.run.output, args.resume)
+        validate(cfg, task, args.output or cfg.run.output, args.resume, args.allow_config_change)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         return _fail(stage, str(exc), EXIT_CONFIG_ERROR)
     from .engine.dist import shutdown
     from .engine.trainer import NonFiniteError, run
     try:
-        run(cfg, args.output, resume=args.resume, task=task)
+        run(cfg, args.output, resume=args.resume, task=task, allow_config_change=args.allow_config_change)
     except NonFiniteError as exc:
         return _fail(stage, str(exc), EXIT_NONFINITE)
     finally:
@@ -77,10 +83,34 @@ def launch(argv: list[str], *, stage: str, tasks: tuple[str, ...]) -> int:
 
 
 def run_tool(prog: str, work: Callable[[], int]) -> int:
-    """Run a command-line tool's body: a mistake in its inputs (ValueError, FileNotFoundError) is
-    printed as one line naming the tool, with exit code 2, instead of a traceback."""
+    """Run a command-line tool's body: a mistake in its inputs (ValueError, or an OSError such as a
+    missing file or an unwritable output) is printed as one line naming the tool, with exit code 2,
+    instead of a traceback."""
     try:
         return work()
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+
+
+def refuse_overwriting_inputs(outputs: Sequence[str | Path], inputs: Sequence[str | Path]) -> None:
+    """Raise ValueError when a file a tool is about to write is one it reads (the same path, a
+    link to it, or a weights file inside an input folder): the input would be lost."""
+    from .models.convert import weights_files
+    for source in inputs:
+        try:
+            read = weights_files(source)
+        except (FileNotFoundError, ValueError):
+            read = [Path(source).expanduser()]  # not there yet, or a run folder: the path itself
+        for output in outputs:
+            if any(_same_file(Path(output).expanduser(), file) for file in read):
+                raise ValueError(f"the output {output} would overwrite the input {source}: write to another path")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False

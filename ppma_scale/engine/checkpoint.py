@@ -11,7 +11,9 @@ Layout of `RUN_DIR/checkpoints/`:
 
 A save writes everything, waits for every rank, then writes the marker and only then moves
 `latest` (both by atomic rename). A process killed anywhere in between leaves a tag without a
-marker, which resume ignores and the next save of that step replaces.
+marker, which resume ignores and the next save of that step replaces. A *complete* tag is never
+deleted by a save: one in the way (a damaged one, or the future of a run resumed from an earlier
+step) is renamed aside to `step_N.<reason>`, which rotation and resume ignore.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -82,14 +85,104 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def read_checkpoint(tag_dir: Path) -> Checkpoint | None:
-    """The checkpoint in `tag_dir` if its marker says it is complete, else None."""
-    marker = tag_dir / MARKER
+class DamagedCheckpoint(ValueError):
+    """A checkpoint marked complete whose files are missing, empty or unreadable."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path  # the tag directory
+
+
+def read_marker(tag_dir: Path) -> dict[str, Any] | None:
+    """The parsed marker of `tag_dir`, None without one; DamagedCheckpoint (naming the file) if unreadable."""
+    marker = Path(tag_dir) / MARKER
     if not marker.is_file():
         return None
-    meta = json.loads(marker.read_text())
-    return Checkpoint(path=tag_dir, step=int(meta["step"]), world_size=int(meta["world_size"]),
+    try:
+        meta = json.loads(marker.read_text())
+        int(meta["step"]), int(meta["world_size"]), int(meta["zero_stage"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise DamagedCheckpoint(Path(tag_dir), f"{marker} is damaged ({type(exc).__name__}: {exc}); "
+                                f"{_previous_hint(Path(tag_dir))}") from None
+    return meta
+
+
+def read_checkpoint(tag_dir: Path) -> Checkpoint | None:
+    """The checkpoint in `tag_dir` if its marker says it is complete, else None."""
+    meta = read_marker(tag_dir)
+    if meta is None:
+        return None
+    return Checkpoint(path=Path(tag_dir), step=int(meta["step"]), world_size=int(meta["world_size"]),
                       zero_stage=int(meta["zero_stage"]))
+
+
+def _previous_hint(tag_dir: Path) -> str:
+    """Where to resume instead of a damaged `tag_dir`: the newest older tag that has a marker."""
+    match = _TAG.match(tag_dir.name)
+    older = [p for s, p in tag_dirs(tag_dir.parent) if match and s < int(match.group(1)) and (p / MARKER).is_file()]
+    if older:
+        return f"the previous complete checkpoint is {older[-1]} (use it instead, e.g. --resume {older[-1]})"
+    return "no older complete checkpoint is left in " + str(tag_dir.parent)
+
+
+def _zip_problem(path: Path) -> str | None:
+    """Why `path` is not a readable torch (zip) file, reading only its central directory (no CRC pass)."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if size == 0:
+        return "empty (0 bytes)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            end = max((i.header_offset + i.compress_size for i in archive.infolist()), default=0)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        return f"truncated or not a torch zip archive ({exc}; {size} bytes)"
+    if not any(name.endswith("data.pkl") for name in names):
+        return "a zip archive without torch's data.pkl"
+    if end > size:
+        return f"truncated ({size} bytes, its directory says at least {end})"
+    return None
+
+
+def checkpoint_problems(ckpt: Checkpoint) -> list[str]:
+    """What is wrong with the files of a complete-marked checkpoint, cheaply: every file the marker's
+    world size and ZeRO stage imply is present, non-empty and an intact-looking zip; [] if fine."""
+    ranks = range(ckpt.world_size)
+    files = {p.name: p for p in ckpt.path.iterdir() if p.is_file()}
+    expected = [f"rank_{r:05d}.pt" for r in ranks]
+    if ckpt.zero_stage == 3:
+        expected += [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in ranks]
+    else:
+        expected.append("mp_rank_00_model_states.pt")
+    optim = sorted(n for n in files if n.endswith("_optim_states.pt"))
+    if ckpt.zero_stage > 0 or optim:  # ZeRO partitions, or bf16's per-rank optimizer files at stage 0
+        prefix = "bf16_" if optim and all(n.startswith("bf16_") for n in optim) else ""
+        expected += [f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in ranks]
+    problems = [f"{ckpt.path / name}: missing" for name in expected if name not in files]
+    for name in sorted(files):
+        if name.endswith(".pt") and (why := _zip_problem(files[name])):
+            problems.append(f"{files[name]}: {why}")
+    return problems
+
+
+def verify_checkpoint(ckpt: Checkpoint) -> None:
+    """Raise DamagedCheckpoint naming the bad files (and the previous complete tag) before anything loads it."""
+    problems = checkpoint_problems(ckpt)
+    if problems:
+        raise DamagedCheckpoint(ckpt.path, f"checkpoint {ckpt.path} is marked complete but damaged: "
+                                + "; ".join(problems) + f". {_previous_hint(ckpt.path).capitalize()}")
+
+
+def set_aside(tag_dir: Path, reason: str) -> Path:
+    """Rename `tag_dir` to `step_N.<reason>[.k]` beside it (never deleted; ignored by rotation and resume)."""
+    target = tag_dir.with_name(f"{tag_dir.name}.{reason}")
+    k = 1
+    while target.exists():
+        target, k = tag_dir.with_name(f"{tag_dir.name}.{reason}.{k}"), k + 1
+    os.replace(tag_dir, target)
+    return target
 
 
 def tag_dirs(root: Path) -> list[tuple[int, Path]]:
@@ -107,8 +200,10 @@ def latest_checkpoint(root: Path) -> Checkpoint | None:
         ckpt = read_checkpoint(root / pointer.read_text().strip())
         if ckpt is not None:
             return ckpt
-    complete = [c for _, p in reversed(tag_dirs(root)) if (c := read_checkpoint(p)) is not None]
-    return complete[0] if complete else None
+    for _, path in reversed(tag_dirs(root)):
+        if (ckpt := read_checkpoint(path)) is not None:
+            return ckpt
+    return None
 
 
 def find_resume_checkpoint(resume: str, run_dir: Path) -> Checkpoint | None:
@@ -122,13 +217,15 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> Checkpoint | None:
 
 def find_checkpoint(location: str | Path, what: str = "checkpoint") -> Checkpoint:
     """The complete checkpoint `location` names: a run directory or its checkpoints/ folder (their
-    latest), or one step_N folder. `what` names the argument in the error."""
+    latest), or one step_N folder. `what` names the argument in the error; a damaged checkpoint is a
+    DamagedCheckpoint naming the bad file (export, evaluate and model.init read through here)."""
     path = Path(location).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"{what} {location}: no such file or directory")
     for candidate in (path, path / "checkpoints"):
         ckpt = read_checkpoint(candidate) or latest_checkpoint(candidate)
         if ckpt is not None:
+            verify_checkpoint(ckpt)
             return ckpt
     raise FileNotFoundError(f"{what} {location}: found no complete checkpoint there (expected a run "
                             f"directory, its checkpoints/ folder, or a step_N folder holding {MARKER})")
@@ -173,7 +270,11 @@ class CheckpointManager:
         tag_dir = self.root / tag_for(step)
         if self.dist.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
-            if tag_dir.exists():  # left by a save that died; a complete checkpoint is never re-saved
+            if (tag_dir / MARKER).is_file():  # never delete a complete checkpoint (resume sets these aside first)
+                moved = set_aside(tag_dir, "replaced")
+                print(f"WARNING: {tag_dir} already held a complete checkpoint; moved it to {moved}",
+                      file=sys.stderr, flush=True)
+            elif tag_dir.exists():  # left by a save that died
                 shutil.rmtree(tag_dir)
         barrier()
         client_state = {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE},

@@ -46,6 +46,9 @@ class ClassifyTask(Task):
     """Supervised classification of clips over the training manifests' shared label space."""
 
     head = "linear"
+    # Set by the trainer when resuming: the checkpoint holds every weight, so model.init is neither
+    # required to exist nor read (blended sources are: checkpoints do not duplicate them).
+    resume_from: Path | None = None
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
@@ -63,7 +66,7 @@ class ClassifyTask(Task):
         if model.init and model.average:
             raise ValueError("model.init and model.average are both set: initialise from one trunk (init) or "
                              "blend several (average), not both")
-        if model.init:
+        if model.init and self.resume_from is None:
             _check_source("model.init", model.init)
         if model.average:
             if len(model.average) < 2:
@@ -118,7 +121,10 @@ class ClassifyTask(Task):
                                     freeze_encoder=False)
         else:
             model = build_classifier(cfg.model, frames, size, num_classes, head=self.head)
-            if cfg.model.init:
+            if self.resume_from is not None:
+                _say(dist, f"resuming: every weight comes from the checkpoint {self.resume_from}"
+                     + (f"; model.init ({cfg.model.init}) is not read" if cfg.model.init else ""))
+            elif cfg.model.init:
                 from .pretrained import init_trunk
                 try:
                     source, report = init_trunk(model.encoder, cfg.model.init)

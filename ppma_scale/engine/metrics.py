@@ -121,6 +121,33 @@ def format_record(record: dict[str, Any], total_steps: int, eta_s: float | None)
     return " ".join(parts)
 
 
+def _split_jsonl(path: Path) -> tuple[list[str], int | None]:
+    """The JSON lines of `path` and the line number of a torn last line that was left out (or None).
+    Only the last line may be torn; an unreadable line before it is a ValueError naming file:line."""
+    lines = path.read_text(errors="replace").split("\n")
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    kept, torn = [], None
+    for index, (number, line) in enumerate(numbered):
+        try:
+            json.loads(line)
+        except ValueError as exc:
+            if index == len(numbered) - 1:
+                torn = number
+                break
+            raise ValueError(f"{path}:{number}: not a JSON record ({exc}); only a torn last line is dropped "
+                             "on resume: repair or remove that line") from None
+        kept.append(line)
+    return kept, torn
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSONL log (none if it does not exist), a torn last line left out."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in _split_jsonl(path)[0]]
+
+
 class MetricsLogger:
     """Writes metrics and events on rank 0; a no-op elsewhere."""
 
@@ -141,13 +168,22 @@ class MetricsLogger:
             self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def keep_until(self, step: int) -> None:
-        """On resume: drop records logged after `step` by the run that was interrupted."""
-        path = self.run_dir / METRICS_FILE
-        if not (self.is_main and path.is_file()):
+        """On resume: drop records logged after `step` by the run that was interrupted, and a torn
+        last line (a crash or a full disk mid-write) of metrics.jsonl or events.jsonl."""
+        if not self.is_main:
             return
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        for name in (METRICS_FILE, EVENTS_FILE):
+            path = self.run_dir / name
+            if not path.is_file():
+                continue
+            lines, torn = _split_jsonl(path)
+            if torn is not None:
+                print(f"WARNING: {path}:{torn}: dropped a torn last line (the run was killed while writing it)",
+                      file=sys.stderr, flush=True)
+            if name == METRICS_FILE:
+                lines = [line for line in lines if json.loads(line).get("step", 0) <= step]
+            if torn is not None or name == METRICS_FILE:
+                path.write_text("".join(line + "\n" for line in lines))
 
     def progress(self, step: int) -> None:
         """Advance the progress bar (rank 0, interactive consoles only) to `step`."""

@@ -2,8 +2,8 @@
 
 What is trained comes from the task (`tasks.py`); this module only knows how to step an engine for
 a fixed number of optimizer steps, survive interruptions and report. Order of work in `run`:
-validate everything (nothing written yet) -> process group -> model -> resume point -> DeepSpeed ->
-data stream -> restore state -> loop -> final checkpoint.
+validate everything, the resume point included (nothing written yet) -> process group -> model ->
+DeepSpeed -> weights from the checkpoint -> data stream -> its state -> loop -> final checkpoint.
 """
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config, save_config
+from ..config import Config, config_to_dict, save_config
 from . import dist as distmod
-from .checkpoint import (Checkpoint, CheckpointManager, capture_rng, find_resume_checkpoint, latest_checkpoint,
-                         restore_rng)
+from .checkpoint import LATEST, Checkpoint, CheckpointManager, capture_rng, restore_rng, set_aside
 from .data_args import skipped_samples
 from .ds_config import build_ds_config
 from .lr_schedule import WarmupCosine, apply_lr, peak_lr
-from .metrics import LossWindow, MetricsLogger, ThroughputWindow, peak_memory_gb
+from .metrics import METRICS_FILE, LossWindow, MetricsLogger, ThroughputWindow, peak_memory_gb, read_jsonl
 from .optimizer import build_optimizer, deepspeed_skips_nonfinite, optimizer_step_suppressed, plain_gradients_finite
+from .resume_guard import RESUME_OFF, ResumePlan, marked_tags, past_end_message, plan_resume
 from .signals import StopRequest
 from .tasks import StepContext, Task, build_task
 
@@ -54,14 +54,22 @@ def ds_config_for(cfg: Config, world_size: int, load_universal: bool = False) ->
                            clip_grad=cfg.optim.clip_grad, load_universal=load_universal)
 
 
-def validate(cfg: Config, task: Task, run_dir: str | Path | None = None, resume: str = "auto") -> None:
-    """Everything that can be checked before a process group or a file exists."""
-    task.validate()
-    if run_dir is not None and resume in ("off", "none", "no", "false"):
-        existing = latest_checkpoint(Path(run_dir) / "checkpoints")
-        if existing is not None:
-            raise ValueError(f"--resume off, but {run_dir} already holds checkpoints (latest: step {existing.step}); "
+def validate(cfg: Config, task: Task, run_dir: str | Path | None = None, resume: str = "auto",
+             allow_config_change: bool = False) -> ResumePlan:
+    """Everything that can be checked before a process group or a file exists, the resume point
+    included (see resume_guard); the plan to resume by (an empty one without `run_dir`)."""
+    plan = ResumePlan()
+    if run_dir is not None and resume in RESUME_OFF:
+        existing = marked_tags(Path(run_dir) / "checkpoints")
+        if existing:
+            raise ValueError(f"--resume off, but {run_dir} already holds checkpoints (latest: step {existing[-1][0]}); "
                              "use --resume auto to continue that run, or another --output to start a new one")
+    elif run_dir is not None:
+        plan = plan_resume(cfg, run_dir, resume, allow_config_change)
+        if plan.checkpoint is not None:
+            read_jsonl(Path(run_dir) / METRICS_FILE)  # a damaged metrics.jsonl is named now, not after DeepSpeed starts
+            task.resume_from = plan.checkpoint.path  # its weights come from the checkpoint (model.init is not read)
+    task.validate()
     ds_config_for(cfg, world_size=1)
     train = cfg.train
     if train.keep_last < 1:
@@ -73,6 +81,7 @@ def validate(cfg: Config, task: Task, run_dir: str | Path | None = None, resume:
         raise ValueError("train.ckpt_every and train.eval_every must be >= 0 (0 = only at the end)")
     if train.max_steps is None and train.epochs <= 0:
         raise ValueError(f"train.epochs must be positive (or set train.max_steps), got {train.epochs}")
+    return plan
 
 
 def _seed_all(seed: int) -> None:
@@ -113,15 +122,18 @@ class _Schedule:
         return every_epochs > 0 and step % (every_epochs * self.steps_per_epoch) == 0
 
 
-def run(cfg: Config, run_dir: str | Path | None = None, resume: str = "auto", task: Task | None = None) -> TrainResult:
-    """Train `cfg` into `run_dir` (default run.output); `resume` is 'auto', 'off' or a checkpoint path."""
+def run(cfg: Config, run_dir: str | Path | None = None, resume: str = "auto", task: Task | None = None,
+        allow_config_change: bool = False) -> TrainResult:
+    """Train `cfg` into `run_dir` (default run.output); `resume` is 'auto', 'off' or a checkpoint path.
+    `allow_config_change` (the launchers' --allow-config-change) accepts a resume whose run-defining
+    config keys changed."""
     run_dir = Path(run_dir or cfg.run.output)
     cfg.run.output = str(run_dir)
     task = task or build_task(cfg)
-    validate(cfg, task, run_dir, resume)
+    plan = validate(cfg, task, run_dir, resume, allow_config_change)
     stop = StopRequest()
     try:
-        return _Trainer(cfg, run_dir, task, stop).train(resume)
+        return _Trainer(cfg, run_dir, task, stop).train(plan)
     finally:
         stop.close()
 
@@ -131,6 +143,7 @@ class _Trainer:
         self.cfg, self.run_dir, self.task, self.stop = cfg, run_dir, task, stop
         self.dist = distmod.init_distributed(cfg.train.dist_timeout_s)
         self.ckpts = CheckpointManager(run_dir / "checkpoints", self.dist, cfg.train.keep_last)
+        self._set_aside: list[tuple[Path, str | None]] = []  # (new path, why damaged / None) of tags moved aside
 
     # ---- set-up -------------------------------------------------------------------------------
     def _build_engine(self, ckpt: Checkpoint | None):
@@ -150,12 +163,16 @@ class _Trainer:
         _seed_all(cfg.run.seed * 1000 + dist.rank + 1)  # per-rank randomness (drop path, ...)
         return engine, load
 
-    def _restore(self, engine, ckpt: Checkpoint, load, stream) -> None:
+    def _load_weights(self, engine, ckpt: Checkpoint, load) -> None:
+        """The checkpoint's model and optimizer state, before the stream is built (a linear probe
+        encodes its features with the trunk it holds)."""
         load_dir, tag, _ = load
         path, _ = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
                                          load_lr_scheduler_states=False)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {ckpt.path}")
+
+    def _restore(self, ckpt: Checkpoint, stream) -> None:
         same_world = ckpt.world_size == self.dist.world_size
         mine = self.ckpts.load_rank_states(ckpt, [self.dist.rank if same_world else 0])[0]
         if same_world and stream.resumes_alone(mine["stream"]):
@@ -175,30 +192,40 @@ class _Trainer:
         return peak_tflops(torch.cuda.get_device_name(self.dist.device))
 
     # ---- the loop -----------------------------------------------------------------------------
-    def train(self, resume: str) -> TrainResult:
+    def train(self, plan: ResumePlan) -> TrainResult:
         cfg, dist, task = self.cfg, self.dist, self.task
-        ckpt = distmod.broadcast_object(find_resume_checkpoint(resume, self.run_dir) if dist.is_main else None)
+        plan = distmod.broadcast_object(plan if dist.is_main else None)  # rank 0's view decides for all
+        ckpt = plan.checkpoint
         engine, load = self._build_engine(ckpt)
+        if ckpt is not None:
+            self._load_weights(engine, ckpt, load)
         stream = task.build_train_stream(dist, engine)
         schedule = _Schedule(cfg, stream.steps_per_epoch, dist.world_size)
         start = 0
         if ckpt is not None:
-            self._restore(engine, ckpt, load, stream)
+            if ckpt.step > schedule.total:
+                how = (f"train.max_steps={cfg.train.max_steps}" if cfg.train.max_steps is not None else
+                       f"train.epochs={cfg.train.epochs} = {schedule.total} steps")
+                raise ValueError(past_end_message(ckpt, schedule.total, how))
+            self._restore(ckpt, stream)
             start = ckpt.step
         if dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
-            (self.run_dir / "ds_config.json").write_text(json.dumps(self.ds_config, indent=1))  # what DeepSpeed got
+            self._write_run_files(plan)
         distmod.barrier()
         log = MetricsLogger(self.run_dir, dist.is_main, schedule.total, cfg.train.tensorboard)
         log.keep_until(start)
         if ckpt is not None:
-            log.event("resume", f"resuming from {ckpt.path} at step {start} (saved on {ckpt.world_size} ranks, "
-                      f"now {dist.world_size})", step=start, checkpoint=str(ckpt.path))
-        log.event("start", f"training {schedule.total} optimizer steps ({schedule.steps_per_epoch}/epoch, global "
-                  f"batch {schedule.global_batch} videos x {cfg.data.repeat_aug} views, peak lr "
-                  f"{schedule.lr.peak:.3g}) on {dist.world_size} rank(s)",
-                  step=start, total_steps=schedule.total, world_size=dist.world_size)
+            self._report_resume(plan, log)
+        if start == schedule.total:
+            log.event("start", f"{self.run_dir} is already complete at step {start} (the run's length: "
+                      f"{schedule.total} steps); nothing to train. Raise train.max_steps to train on",
+                      step=start, total_steps=schedule.total, world_size=dist.world_size)
+        else:
+            log.event("start", f"training {schedule.total} optimizer steps ({schedule.steps_per_epoch}/epoch, global "
+                      f"batch {schedule.global_batch} videos x {cfg.data.repeat_aug} views, peak lr "
+                      f"{schedule.lr.peak:.3g}) on {dist.world_size} rank(s)"
+                      + (f", from step {start}" if start else ""),
+                      step=start, total_steps=schedule.total, world_size=dist.world_size)
         try:
             return self._loop(engine, stream, schedule, log, start)
         finally:
@@ -206,6 +233,40 @@ class _Trainer:
             close = getattr(stream, "close", None)
             if callable(close):
                 close()
+
+    def _write_run_files(self, plan: ResumePlan) -> None:
+        """config.yaml is the run's first config and is never rewritten; a resume whose config differs
+        writes its own beside it. Newer tags that must not be resumed are renamed aside, never deleted."""
+        ckpt, run_dir = plan.checkpoint, self.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        first = run_dir / "config.yaml"
+        if ckpt is None or not first.exists():
+            save_config(self.cfg, first)
+        elif plan.changes:
+            save_config(self.cfg, run_dir / f"config.resume-{ckpt.tag}.yaml")
+        (run_dir / "ds_config.json").write_text(json.dumps(self.ds_config, indent=1))  # what DeepSpeed got
+        moved = [(set_aside(path, "damaged"), reason) for path, reason in plan.damaged if path.exists()]
+        moved += [(set_aside(path, f"after-{ckpt.tag}"), None) for path in plan.abandoned if path.exists()]
+        if moved and ckpt is not None and ckpt.root.resolve() == self.ckpts.root.resolve():
+            (ckpt.root / LATEST).write_text(ckpt.tag)  # `latest` named a tag just moved aside
+        self._set_aside = moved
+
+    def _report_resume(self, plan: ResumePlan, log: MetricsLogger) -> None:
+        ckpt = plan.checkpoint
+        for path, reason in self._set_aside:
+            if reason is not None:
+                log.event("damaged_checkpoint", f"WARNING: DAMAGED CHECKPOINT, moved aside to {path} (kept); "
+                          f"falling back to {ckpt.tag}. {reason}", path=str(path), reason=reason)
+            else:
+                log.event("checkpoint_set_aside", f"resuming an earlier step: the later checkpoint {path.name} "
+                          "was moved aside (kept, not deleted)", path=str(path))
+        if plan.changes:
+            listed = "; ".join(str(c) for c in plan.changes)
+            log.event("config_change", f"config changed since {ckpt.tag}: {listed} (written to "
+                      f"config.resume-{ckpt.tag}.yaml; config.yaml keeps the first)",
+                      changes=[{"key": c.key, "old": c.old, "new": c.new, "kind": c.kind} for c in plan.changes])
+        log.event("resume", f"resuming from {ckpt.path} at step {ckpt.step} (saved on {ckpt.world_size} ranks, "
+                  f"now {self.dist.world_size})", step=ckpt.step, checkpoint=str(ckpt.path))
 
     def _loop(self, engine, stream, schedule: _Schedule, log: MetricsLogger, start: int) -> TrainResult:
         cfg, dist, task = self.cfg, self.dist, self.task
@@ -305,7 +366,8 @@ class _Trainer:
 
     def _save(self, engine, stream, step: int, schedule: _Schedule, log: MetricsLogger) -> Checkpoint:
         rank_state = {"stream": stream.state_dict(), "rng": capture_rng(), "task": self.task.state_dict()}
-        meta = {"epoch": schedule.epoch(step), "total_steps": schedule.total, "task": self.cfg.run.task}
+        meta = {"epoch": schedule.epoch(step), "total_steps": schedule.total, "task": self.cfg.run.task,
+                "config": config_to_dict(self.cfg)}  # what a resume compares its config with
         ckpt = self.ckpts.save(engine, step, rank_state, meta)
         log.event("checkpoint", None, step=step, path=str(ckpt.path))
         return ckpt

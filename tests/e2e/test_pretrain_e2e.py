@@ -143,6 +143,23 @@ def test_resume_off_refuses_to_overwrite_a_run(reference, nohuman):
     assert (reference / "metrics.jsonl").read_text() == before
 
 
+def test_resume_refuses_another_runs_checkpoint_and_a_changed_recipe(reference, nohuman, tmp_path):
+    """`--resume PATH` into a run that has checkpoints of its own, or with run-defining keys changed,
+    stops before anything is written; --allow-config-change (launcher flag) lets a recipe change through."""
+    import shutil
+    victim = tmp_path / "victim"
+    shutil.copytree(reference, victim)
+    before = {p: p.read_bytes() for p in victim.rglob("*") if p.is_file()}
+    done = run(plain_cmd(*common_args(victim, nohuman), "--resume", str(reference / "checkpoints" / "step_00000006")))
+    assert done.returncode == 2 and "is a checkpoint of another run" in done.stderr, done.stderr[-3000:]
+    done = run(plain_cmd(*common_args(victim, nohuman, "optim.lr=0.01", "train.micro_batch=4")))
+    assert done.returncode == 2 and "these keys define the run" in done.stderr
+    assert "optim.lr: 0.001 -> 0.01" in done.stderr and "train.micro_batch: 2 -> 4" in done.stderr
+    done = run(plain_cmd(*common_args(victim, nohuman, "optim.lr=0.01", "train.max_steps=5"), "--allow-config-change"))
+    assert done.returncode == 2 and "already past the end of this run (train.max_steps=5)" in done.stderr
+    assert {p: p.read_bytes() for p in victim.rglob("*") if p.is_file()} == before
+
+
 def test_export_of_a_two_rank_zero2_run(reference):
     from ppma_scale.export import export_checkpoint
     from ppma_scale.models.convert import load_weights_file, to_trunk_state_dict

@@ -17,7 +17,9 @@ SOLO = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), 
 def make_tag(root, step, complete=True, world_size=2):
     path = root / tag_for(step)
     path.mkdir(parents=True)
-    (path / "mp_rank_00_model_states.pt").write_bytes(b"x")
+    names = ["mp_rank_00_model_states.pt"] + [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world_size)]
+    for name in names + [f"rank_{r:05d}.pt" for r in range(world_size)]:  # real torch files: resume checks them
+        torch.save({}, path / name)
     if complete:
         (path / MARKER).write_text(json.dumps({"step": step, "world_size": world_size, "zero_stage": 2}))
     return path

@@ -14,7 +14,7 @@ import demo_recipe  # noqa: E402
 
 def test_stage_two_and_three_configs_take_the_stage_one_trunk_geometry(tmp_path):
     stage1 = load_config(REPO / "configs" / "demo" / "pretrain.yaml",
-                         ["data.train=x", "model.patch_size=8", "data.img_size=96", "data.num_frames=4"])
+                         ["data.train=x", "model.patch_size=8", "data.img_size=96", "data.short_side=112", "data.num_frames=4"])
     (tmp_path / "mae").mkdir()
     save_config(stage1, tmp_path / "mae" / "config.yaml")
     overrides = demo_recipe.trunk_overrides(tmp_path / "mae")

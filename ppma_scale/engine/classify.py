@@ -35,20 +35,11 @@ def _say(dist: DistInfo | None, message: str) -> None:
         print(f"[{__name__.rsplit('.', 1)[-1]}] {message}", flush=True)
 
 
-def _check_source(key: str, path: str) -> None:
-    if not Path(path).expanduser().exists():
-        raise FileNotFoundError(f"{key}: {path} does not exist (expected a run directory, a checkpoint "
-                                "folder, or a .safetensors/.pt weights file)")
-
-
 @register_task("classify")
 class ClassifyTask(Task):
     """Supervised classification of clips over the training manifests' shared label space."""
 
     head = "linear"
-    # Set by the trainer when resuming: the checkpoint holds every weight, so model.init is neither
-    # required to exist nor read (blended sources are: checkpoints do not duplicate them).
-    resume_from: Path | None = None
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
@@ -57,22 +48,17 @@ class ClassifyTask(Task):
 
     # ---- set-up -------------------------------------------------------------------------------
     def validate(self) -> None:
-        super().validate()
         cfg = self.cfg
-        for index, spec in enumerate(cfg.data.val):
-            if "://" not in spec.manifest and not Path(spec.manifest).expanduser().exists():
-                raise FileNotFoundError(f"data.val[{index}].manifest: {spec.manifest} does not exist")
         model = cfg.model
         if model.init and model.average:
             raise ValueError("model.init and model.average are both set: initialise from one trunk (init) or "
                              "blend several (average), not both")
-        if model.init and self.resume_from is None:
-            _check_source("model.init", model.init)
-        if model.average:
-            if len(model.average) < 2:
-                raise ValueError(f"model.average needs at least 2 trunks to blend, got {model.average}")
-            for i, path in enumerate(model.average):
-                _check_source(f"model.average[{i}]", path)
+        if model.average and len(model.average) < 2:
+            raise ValueError(f"model.average needs at least 2 trunks to blend, got {model.average}")
+        super().validate()  # the sources exist and are weights (after the rules above: they say more)
+        for index, spec in enumerate(cfg.data.val):
+            if "://" not in spec.manifest and not Path(spec.manifest).expanduser().exists():
+                raise FileNotFoundError(f"data.val[{index}].manifest: {spec.manifest} does not exist")
         aug = cfg.augment
         clips = cfg.train.micro_batch * cfg.data.repeat_aug
         if (aug.mixup > 0 or aug.cutmix > 0) and self.uses_batch_augment() and clips % 2:

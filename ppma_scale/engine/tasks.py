@@ -88,15 +88,14 @@ class Task:
         self._check_weight_files()
 
     def _check_weight_files(self) -> None:
-        """A model.init / model.average weights file that is not one fails here, before any rank
-        starts, rather than on every rank while the model is built (missing paths are the stage's call)."""
+        """A model.init / model.average source that is missing, or a weights file that is not one,
+        fails here, before any rank starts, rather than on every rank while the model is built."""
         from .pretrained import check_source
         model = self.cfg.model
         named = [("model.init", model.init)] if model.init and self.resume_from is None else []
         named += [(f"model.average[{i}]", path) for i, path in enumerate(model.average)]
         for key, path in named:
-            if Path(path).expanduser().exists():
-                check_source(key, path)
+            check_source(key, path)
 
     def build_model(self, dist: DistInfo) -> nn.Module:
         raise NotImplementedError
@@ -201,9 +200,6 @@ class MAETask(Task):
                              "stage 1 (MAE) trains the whole trunk. To start it from a blend, write one with "
                              "`python -m ppma_scale.average ... --trunk --out soup.safetensors` and set model.init")
         super().validate()
-        if model.init and self.resume_from is None:
-            from .pretrained import check_source
-            check_source("model.init", model.init)
         mae = self.cfg.mae
         if not 0.0 < mae.mask_ratio < 1.0:
             raise ValueError(f"mae.mask_ratio must be in (0, 1), got {mae.mask_ratio}")

@@ -149,10 +149,25 @@ def classify_key(key: str) -> str:
     return "operational" if plain in OPERATIONAL else "defining"
 
 
+SHAPE_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size")  # model.* a size row fills in
+
+
+def _shape_spelled_out(config: dict) -> dict:
+    """`config` with the trunk's shape resolved from its size row, so `model.size=b` and `model.size=b
+    model.embed_dim=768` compare equal (both build the same trunk); left as is if it does not resolve."""
+    from ..models.sizes import resolve_size
+    model = config.get("model") or {}
+    try:
+        size = resolve_size(model["size"], **{k: model.get(k) for k in SHAPE_KEYS})
+    except (KeyError, TypeError, ValueError):
+        return config
+    return {**config, "model": {**model, **{k: getattr(size, k) for k in SHAPE_KEYS}}}
+
+
 def compare_configs(old: dict, new: dict) -> list[ConfigChange]:
     """The keys whose values differ between two resolved configs (keys only one side knows are skipped:
     a schema that gained a key since the checkpoint was saved is not a change of recipe)."""
-    before, after = _flatten(old), _flatten(new)
+    before, after = _flatten(_shape_spelled_out(old)), _flatten(_shape_spelled_out(new))
     changes = []
     for key in after:
         if key not in before or before[key] == after[key]:

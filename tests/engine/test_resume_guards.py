@@ -103,6 +103,16 @@ def test_config_keys_are_operational_defining_or_incompatible():
     assert [(c.key, c.kind) for c in compare_configs(old, more)] == [("data.train", "defining")]
 
 
+def test_a_shape_spelled_out_equal_to_its_size_row_is_no_change():
+    base = {"data": {"train": ["/a/m.json"]}, "model": {"size": "b"}}
+    old = config_to_dict(build_config(base))
+    same = config_to_dict(build_config(dict(base, model={"size": "b", "embed_dim": 768, "num_heads": 12})))
+    assert compare_configs(old, same) == []
+    wider = config_to_dict(build_config(dict(base, model={"size": "b", "depth": 10})))
+    assert [(c.key, c.old, c.new, c.kind) for c in compare_configs(old, wider)] == [
+        ("model.depth", 12, 10, "incompatible")]
+
+
 def test_a_complete_tag_in_the_way_of_a_save_is_set_aside_not_deleted(tmp_path):
     class Engine:  # writes what DeepSpeed would, without a model
         def save_checkpoint(self, root, tag, client_state, save_latest):

@@ -205,6 +205,9 @@ class MAETask(Task):
             raise ValueError(f"mae.mask_ratio must be in (0, 1), got {mae.mask_ratio}")
         if not 0.0 <= mae.decoder_mask_ratio < 1.0:
             raise ValueError(f"mae.decoder_mask_ratio must be in [0, 1), got {mae.decoder_mask_ratio}")
+        from ..data.shards import open_sources
+        data = self.cfg.data  # manifests parse, classes resolve, local shards are all there: before any rank starts
+        open_sources(data.train, allow_pipe=data.allow_pipe, classes=data.classes)
 
     def build_model(self, dist: DistInfo) -> nn.Module:
         """The MAE; with model.init, its encoder starts from that trunk (e.g. to continue MAE from

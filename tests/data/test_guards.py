@@ -132,3 +132,20 @@ def test_dali_failure_reason_says_why_and_padding_matches_pyav(video_pool):
     assert "video decoder" in reason and "Critical error in pipeline" not in reason, reason
     pyav = decode_pyav(clip, indices)
     assert np.abs(good.astype(int) - pyav.astype(int)).mean(axis=(1, 2, 3)).max() < 4
+
+
+def test_stage_one_names_a_broken_manifest_or_class_file_before_any_rank_starts(make_shards, tmp_path):
+    from pathlib import Path
+    from ppma_scale.config import load_config
+    from ppma_scale.engine.tasks import build_task
+    config = Path(__file__).resolve().parents[2] / "configs" / "demo" / "pretrain_test.yaml"
+    good = make_shards("a", [4, 4])
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    cases = [([f"data.train={broken}"], r"broken\.json is not valid JSON"),
+             ([f"data.train={good}", f"data.classes={tmp_path / 'nope.txt'}"], r"nope\.txt")]
+    for overrides, message in cases:
+        task = build_task(load_config(config, overrides))
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            task.validate()
+    build_task(load_config(config, [f"data.train={good}"])).validate()

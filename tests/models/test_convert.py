@@ -309,10 +309,16 @@ def test_mae_task_starts_its_encoder_from_model_init(our_mae_file):
     assert not torch.equal(model.decoder_embed.weight, source["decoder_embed.weight"])  # the decoder starts fresh
 
 
-def test_mae_task_checks_model_init_early_unless_resuming(tmp_path, our_mae_file):
+def test_mae_task_checks_model_init_early_unless_resuming(tmp_path):
+    import json
+    from ppma_scale.data.manifest import FORMAT
+    manifest = tmp_path / "manifest.json"  # validate reads the manifest and stats its shard (never opens it)
+    (tmp_path / "s.tar").write_bytes(b"0" * 10)
+    shard = {"url": "s.tar", "samples": 1, "bytes": 10, "sha256": ""}
+    manifest.write_text(json.dumps({"format": FORMAT, "dataset": "d", "classes": ["a"], "shards": [shard]}))
     with pytest.raises(FileNotFoundError, match="model.init: .*gone does not exist"):
-        mae_task(str(tmp_path / "gone"), data_train=str(our_mae_file)).validate()
-    resumed = mae_task(str(tmp_path / "gone"), data_train=str(our_mae_file))
+        mae_task(str(tmp_path / "gone"), data_train=str(manifest)).validate()
+    resumed = mae_task(str(tmp_path / "gone"), data_train=str(manifest))
     resumed.resume_from = tmp_path  # the checkpoint holds every weight: model.init is not read
     resumed.validate()
     resumed.build_model(solo())

@@ -229,7 +229,6 @@ def plan_resume(cfg: Config, run_dir: str | Path, resume: str, allow_config_chan
     """Resolve `--resume` for `run_dir` and check everything about it; ValueError (nothing written) if refused."""
     if resume in RESUME_OFF:
         return ResumePlan()
-    allow = allow_config_change
     own_root = Path(run_dir) / "checkpoints"
     if resume == "auto":
         ckpt, damaged = newest_intact(own_root)
@@ -256,7 +255,7 @@ def plan_resume(cfg: Config, run_dir: str | Path, resume: str, allow_config_chan
                          f"weights with model.init={ckpt.path})")
     old, source = saved_config(ckpt)
     changes = compare_configs(old, config_to_dict(cfg)) if old is not None else []
-    _refuse_changes(ckpt, source, changes, allow)
+    _refuse_changes(ckpt, source, changes, allow_config_change)
     _check_length(ckpt, cfg, meta)
     skip = {p for p, _ in damaged}
     abandoned = []

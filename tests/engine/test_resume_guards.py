@@ -125,7 +125,7 @@ def test_a_complete_tag_in_the_way_of_a_save_is_set_aside_not_deleted(tmp_path):
     root = tmp_path / "checkpoints"
     old = make_tag(root, 8)
     CheckpointManager(root, SOLO, keep_last=5).save(Engine(), 8, {}, {})
-    assert torch.load(root / tag_for(8) / "mp_rank_00_model_states.pt") == {"new": 1}
+    assert torch.load(root / tag_for(8) / "mp_rank_00_model_states.pt", weights_only=True) == {"new": 1}
     assert (root / f"{old.name}.replaced" / "rank_00001.pt").is_file()
 
 

@@ -295,11 +295,15 @@ def _adapt_pos(encoder: VideoViT, table: Optional[torch.Tensor], layout: str,
     table = table.detach().float().reshape(1, -1, dim)
     if table.shape[1] == encoder.num_patches:
         return table, "loaded"
-    old_grid = tuple(source_grid) if source_grid else pe.infer_grid(table.shape[1], grid)
     if torch.allclose(table, pe.sincos_flat(table.shape[1], dim), atol=1e-4):
         return pe.sincos_flat(encoder.num_patches, dim), f"1-D sin-cos regenerated for {grid}"
-    if torch.allclose(table, pe.sincos_3d(old_grid, dim), atol=1e-4):
-        return pe.sincos_3d(grid, dim), f"3-D sin-cos regenerated for {grid}"
+    # A fixed 3-D table is recognised on any grid it may have had (frames and resolution may both
+    # differ), so it is regenerated rather than resampled on a guessed grid.
+    fixed_on = [g for g in ([tuple(source_grid)] if source_grid else pe.square_grids(table.shape[1]))
+                if torch.allclose(table, pe.sincos_3d(g, dim), atol=1e-4)]
+    if fixed_on:
+        return pe.sincos_3d(grid, dim), f"3-D sin-cos of grid {fixed_on[0]} regenerated for {grid}"
+    old_grid = tuple(source_grid) if source_grid else pe.infer_grid(table.shape[1], grid)
     with torch.no_grad():
         return pe.resample(table, old_grid, grid), f"resampled {old_grid} -> {grid}"
 

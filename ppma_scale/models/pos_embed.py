@@ -74,6 +74,12 @@ def resample(pos: torch.Tensor, old_grid: Grid, new_grid: Grid) -> torch.Tensor:
     return x.to(dtype)
 
 
+def square_grids(num_tokens: int) -> list[Grid]:
+    """Every (T, S, S) grid of `num_tokens` tokens (the shapes a square-frame table can have had)."""
+    return [(num_tokens // (side * side), side, side) for side in range(1, math.isqrt(num_tokens) + 1)
+            if num_tokens % (side * side) == 0]
+
+
 def infer_grid(num_tokens: int, like: Grid) -> Grid:
     """The grid a table of `num_tokens` most likely had, given the current grid `like`.
 

@@ -328,3 +328,17 @@ def test_mae_task_refuses_model_average(our_mae_file):
     task = mae_task(None, data_train=str(our_mae_file), average=[str(our_mae_file), str(our_mae_file)])
     with pytest.raises(ValueError, match="model.average .*stage 1 \\(MAE\\) trains the whole trunk"):
         task.validate()
+
+
+def test_a_sincos_table_is_regenerated_when_frames_and_resolution_both_differ():
+    """A stage-2 trunk at 8 frames x 64 px (grid 4x4x4, 64 tokens) loaded for 4 frames x 32 px
+    (grid 2x2x2): 64 tokens also fit "only the frames differ" (16x2x2), which is not what it was."""
+    from ppma_scale.models.sizes import resolve_size
+    from ppma_scale.models.vit import VideoViT
+    size = resolve_size("tiny", embed_dim=48, depth=1, num_heads=3, patch_size=16)
+    source = VideoViT(size, num_frames=8, img_size=64, pos_embed="sincos")
+    target = VideoViT(size, num_frames=4, img_size=32, pos_embed="sincos")
+    assert tuple(source.grid) == (4, 4, 4) and tuple(target.grid) == (2, 2, 2)
+    report = load_trunk_weights(target, source.state_dict())
+    assert report["pos_embed"] == "3-D sin-cos of grid (4, 4, 4) regenerated for (2, 2, 2)"
+    torch.testing.assert_close(target.pos_embed, pe.sincos_3d((2, 2, 2), 48))

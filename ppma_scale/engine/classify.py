@@ -64,7 +64,11 @@ class ClassifyTask(Task):
         if (aug.mixup > 0 or aug.cutmix > 0) and self.uses_batch_augment() and clips % 2:
             raise ValueError(f"mixup/cutmix pair clips within a batch: train.micro_batch x data.repeat_aug "
                              f"= {clips} must be even (or set augment.mixup=0 augment.cutmix=0)")
-        self.label_space()
+        classes = self.label_space()
+        if cfg.data.val:  # val classes outside the training label space would fail only at the first evaluation
+            from ..data.shards import open_sources
+            open_sources(cfg.data.val, allow_pipe=cfg.data.allow_pipe, classes=classes, require_labels=True,
+                         what="data.val")
 
     def uses_batch_augment(self) -> bool:
         return True

@@ -69,3 +69,19 @@ def test_user_errors_stop_the_run_before_any_work(capsys, tmp_path, tiny_shards,
     err = launch_errors(capsys, tmp_path, "align_test.yaml", *data, "model.init=null", "train.micro_batch=3",
                         "augment.mixup=0.8")
     assert "must be even" in err
+
+
+def test_val_classes_outside_the_training_label_space_stop_the_run_before_training(capsys, tmp_path, tiny_shards,
+                                                                                   monkeypatch):
+    """Caught in validate, not after training at the first evaluation."""
+    import json
+    import shutil
+    monkeypatch.chdir(__import__("pathlib").Path(__file__).resolve().parents[2])
+    val = tmp_path / "val"
+    shutil.copytree(tiny_shards["downstream_val"].parent, val)
+    manifest = json.loads((val / "manifest.json").read_text())
+    manifest["classes"] = ["clap" if name == "wave" else name for name in manifest["classes"]]
+    (val / "manifest.json").write_text(json.dumps(manifest))
+    err = launch_errors(capsys, tmp_path, "linprobe_test.yaml", f"data.train={tiny_shards['downstream_train']}",
+                        f"data.val={val / 'manifest.json'}", "model.init=null")
+    assert "data.val[0]" in err and "clap" in err and "label space" in err

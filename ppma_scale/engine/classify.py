@@ -164,6 +164,7 @@ class ClassifyTask(Task):
             return None
         was_training = engine.training
         engine.eval()
+        share_buffers_from_rank0(engine.module if hasattr(engine, "module") else engine)
         try:
             out = ctx.run_dir / "eval" / f"step_{ctx.step:08d}.json"
             metrics = evaluate_classifier(self.cfg, ctx.dist, partial(self._predict, engine, ctx), out,
@@ -183,6 +184,17 @@ class ClassifyTask(Task):
         from ..data.transforms import normalize_video
         x = normalize_video(video.to(ctx.device, non_blocking=True), self.cfg.augment.mean, self.cfg.augment.std)
         return engine(x.to(ctx.dtype))
+
+
+def share_buffers_from_rank0(module: nn.Module) -> None:
+    """Give every rank rank 0's buffers. Each rank updates BatchNorm running statistics (the probe
+    head) from its own batches and DeepSpeed does not sync buffers; checkpoints keep rank 0's, so an
+    evaluation spread over the ranks must use rank 0's too, or it scores a model that was never saved."""
+    import torch.distributed as tdist
+    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+        return
+    for buffer in module.buffers():
+        tdist.broadcast(buffer.data, src=0)
 
 
 def gathered(params: list[nn.Parameter]):

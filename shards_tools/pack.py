@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ppma_scale.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, load_manifest
+from ppma_scale.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, load_manifest, name_some
 from shards_tools.inputs import FORMATS, SourceItem, listing_root, read_inputs
 from shards_tools.journal import Journal, ShardFile, remove_unlisted_shards, shard_files
 from shards_tools.parallel import ItemResult, default_workers, encode_in_order, encode_item
@@ -60,18 +60,13 @@ def _fingerprint(ordered: list[SourceItem], names: list[str], options: dict[str,
     return digest.hexdigest()
 
 
-def _some(names: list[str], shown: int = 5) -> str:
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
-
-
 def _refuse(output: Path, prefix: str, what: str) -> ValueError:
     """The error for a folder holding files this job would delete or overwrite, naming them."""
     files = [p.name for p in shard_files(output, prefix)]
     if (output / MANIFEST_NAME).is_file():
         files.append(MANIFEST_NAME)
     return ValueError(f"output folder {output} already holds {what}; packing there would delete or overwrite "
-                      f"{_some(files)}: choose a new --output or pass --overwrite to replace them")
+                      f"{name_some(files)}: choose a new --output or pass --overwrite to replace them")
 
 
 def _old_manifest_shards(output: Path) -> list[Path]:

@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 FORMAT = "ppma_scale.shards/1"
 MANIFEST_NAME = "manifest.json"
@@ -78,6 +78,12 @@ def resolve_url(location: str, url: str) -> str:
     if url.startswith(("pipe:", "/")) or "://" in url or not location:
         return url
     return f"{location.rstrip('/')}/{url}"
+
+
+def name_some(names: Sequence[str], shown: int = 5) -> str:
+    """'a, b, c and 7 more': the first `shown` of a list of shards or files, for an error message."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def load_manifest(path: str | Path) -> Manifest:

@@ -20,7 +20,7 @@ import numpy as np
 from braceexpand import braceexpand
 from webdataset.gopen import gopen
 
-from ppma_scale.data.manifest import MANIFEST_NAME, Manifest, load_manifest, resolve_url
+from ppma_scale.data.manifest import MANIFEST_NAME, Manifest, load_manifest, name_some, resolve_url
 
 PIPE_PREFIX = "pipe:"
 
@@ -142,9 +142,16 @@ def resolve_shard_urls(manifest: Manifest, spec: SourceSpec, allow_pipe: bool, w
     return urls
 
 
+_CHECKED: set[tuple[str, ...]] = set()  # shard lists this process found complete (validate, then the stream)
+
+
 def check_local_shards(manifest: Manifest, urls: Sequence[str], what: str, source: str = "", shown: int = 5) -> None:
-    """Stat every local shard once: missing ones, or sizes other than the manifest's `bytes`, are an
-    error naming them (a partial copy would otherwise train on a remnant, warning per shard)."""
+    """Stat every local shard once per process: missing ones, or sizes other than the manifest's
+    `bytes`, are an error naming them (a partial copy would otherwise train on a remnant, warning per
+    shard). A set found complete is not stat-ed again (a shard lost later is the reader's to report)."""
+    key = tuple(f"{url}:{info.bytes}" for info, url in zip(manifest.shards, urls))
+    if key in _CHECKED:
+        return
     missing, resized = [], []
     for info, url in zip(manifest.shards, urls):
         if not is_local(url):
@@ -158,8 +165,9 @@ def check_local_shards(manifest: Manifest, urls: Sequence[str], what: str, sourc
         if info.bytes and size != info.bytes:
             resized.append(f"{path} ({size} bytes, manifest says {info.bytes})")
     if not missing and not resized:
+        _CHECKED.add(key)
         return
-    parts = [f"{label}: {', '.join(items[:shown])}" + (f" and {len(items) - shown} more" if len(items) > shown else "")
+    parts = [f"{label}: {name_some(items, shown)}"
              for label, items in (("missing", missing), ("size differs", resized)) if items]
     message = (f"{what}: {len(missing) + len(resized)} of the {len(urls)} shards of manifest "
                f"{source or manifest.location} "

@@ -35,4 +35,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from ppma_scale.engine.dist import exit_rank
+    exit_rank(main(sys.argv[1:]))

@@ -1,6 +1,6 @@
 """Shared command line of the launch scripts: `--config FILE [key=value ...] --output DIR --resume ...`.
 
-Every stage's script is `sys.exit(launch(sys.argv[1:], stage=..., tasks=(...)))`. The config is
+Every stage's script is `exit_rank(launch(sys.argv[1:], stage=..., tasks=(...)))`. The config is
 loaded and checked before torch.distributed, DeepSpeed or the run directory are touched, so a
 mistake in it costs a second and leaves nothing behind.
 """

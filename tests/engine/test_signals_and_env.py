@@ -34,3 +34,43 @@ def test_launch_env_torchrun_kept_and_srun_translated():
         resolve_launch_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
     with pytest.raises(ValueError, match="WORLD_SIZE"):
         resolve_launch_env({"RANK": "1"})
+
+
+EXIT_RANK_SCRIPT = r'''
+import atexit, sys, threading, time
+from pathlib import Path
+from ppma_scale.engine.dist import exit_rank
+out = Path(sys.argv[1])
+
+class Finalised:
+    def __del__(self):
+        (out / "finalised").write_text("interpreter torn down")
+
+keep = Finalised()  # a module global: only interpreter finalisation would delete it
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+
+def late_writer():
+    time.sleep(0.3)
+    (out / "thread").write_text("joined")
+
+threading.Thread(target=late_writer).start()
+sys.stdout.write("no newline, still buffered")
+exit_rank(7)
+'''
+
+
+def test_exit_rank_runs_exit_handlers_and_flushes_but_skips_finalisation(tmp_path):
+    """A launched rank leaves through exit_rank: the exit code, buffered output, exit handlers and
+    running (non-daemon) threads all count, and the interpreter is not torn down (where the gloo
+    threads DeepSpeed keeps alive can abort a finished rank)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", EXIT_RANK_SCRIPT, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 7, done.stderr
+    assert done.stdout == "no newline, still buffered"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "thread").read_text() == "joined"
+    assert not (tmp_path / "finalised").exists()

@@ -44,3 +44,8 @@ for case in cases:
         sums[step] = {k: float(v.double().sum()) for k, v in state.items()}
     outcome["weight_sums"] = sums
     (out / f"{case['name']}.json").write_text(json.dumps(outcome))
+
+from ppma_scale.engine.dist import exit_rank, shutdown  # noqa: E402
+
+shutdown()
+exit_rank(0)  # as the launch scripts do: no interpreter teardown with gloo threads still running

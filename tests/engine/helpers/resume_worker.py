@@ -68,3 +68,8 @@ attempt("other", other, max_steps=2, cfg_edit=lambda cfg: setattr(cfg.run, "seed
 attempt("foreign", main, resume=str(other / "checkpoints" / "step_00000002"), max_steps=6)
 attempt("lr_allowed", main, max_steps=5, allow=True, cfg_edit=set_lr(2e-3))
 (out / "outcomes.json").write_text(json.dumps(outcomes, indent=1))
+
+from ppma_scale.engine.dist import exit_rank, shutdown  # noqa: E402
+
+shutdown()
+exit_rank(0)  # as the launch scripts do: no interpreter teardown with gloo threads still running

@@ -13,7 +13,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from ppma_scale.engine.dist import shutdown
+from ppma_scale.engine.dist import exit_rank, shutdown
 from ppma_scale.models import MAE, VideoViT, resolve_size
 
 parser = argparse.ArgumentParser()
@@ -52,3 +52,4 @@ if dist.get_rank() == 0:
         {"losses": every, "reference_first": ref_loss.item(), "partitioned": partitioned}))
 dist.barrier()
 shutdown()  # also removes DeepSpeed's CPU all-reduce segments from /dev/shm
+exit_rank(0)  # as the launch scripts do: no interpreter teardown with gloo threads still running

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .cli import refuse_overwriting_inputs, run_tool
-from .engine.averaging import average_state_dicts, check_same_layout, check_weights
+from .engine.averaging import average_state_dicts, check_distinct, check_same_layout, check_weights
 
 
 def average_files(inputs: list[str], out: str | Path, weights: list[float] | None = None,
@@ -42,6 +42,7 @@ def average_files(inputs: list[str], out: str | Path, weights: list[float] | Non
     except ValueError as exc:
         hint = "" if trunk_only else " (to blend models with different heads or decoders, pass --trunk)"
         raise ValueError(f"{exc}{hint}") from None
+    check_distinct(states, names=inputs)
     averaged = average_state_dicts(states, weights)
     shown = weights if weights is not None else [round(1 / len(inputs), 6)] * len(inputs)
     metadata = {"format": "ppma_scale", "averaged_from": "\n".join(str(p) for p in inputs),

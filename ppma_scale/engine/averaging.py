@@ -57,6 +57,18 @@ def check_weights(weights: Sequence[float], count: int) -> None:
         raise ValueError(f"weights must be non-negative and sum to 1, got {list(weights)} (sum {math.fsum(weights):g})")
 
 
+def check_distinct(state_dicts: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str]) -> None:
+    """Raise a ValueError if two inputs hold the same weights (one path given twice, or a run and its
+    own checkpoint): a blend of a model with itself is that model, and a learned mix of it is noise."""
+    for j in range(1, len(state_dicts)):
+        for i in range(j):
+            a, b = state_dicts[i], state_dicts[j]
+            if a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a):
+                raise ValueError(f"{names[i]} and {names[j]} hold the same weights: averaging a model with itself "
+                                 "gives that model back. Name different trunks (to weight one input more, "
+                                 "give weights instead of repeating it)")
+
+
 def check_same_layout(state_dicts: Sequence[Mapping[str, torch.Tensor]],
                       names: Sequence[str] | None = None) -> None:
     """Raise a ValueError naming the first key or shape on which the inputs disagree."""

@@ -12,6 +12,7 @@ crops views per video and write the metrics as JSON in `RUN_DIR/eval/`.
 from __future__ import annotations
 
 import logging
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,12 @@ class ClassifyTask(Task):
                              "blend several (average), not both")
         if model.average and len(model.average) < 2:
             raise ValueError(f"model.average needs at least 2 trunks to blend, got {model.average}")
+        seen: dict[Path, int] = {}
+        for index, source in enumerate(model.average or ()):
+            first = seen.setdefault(Path(source).expanduser().resolve(), index)
+            if first != index:
+                raise ValueError(f"model.average[{first}] and model.average[{index}] are the same trunk ({source}): "
+                                 "blending a model with itself learns nothing; name different trunks")
         super().validate()  # the sources exist and are weights (after the rules above: they say more)
         for index, spec in enumerate(cfg.data.val):
             if "://" not in spec.manifest and not Path(spec.manifest).expanduser().exists():
@@ -87,13 +94,22 @@ class ClassifyTask(Task):
                                  "model.num_classes or data.classes, or check data.train")
         return self.classes
 
+    def checkpoint_record(self) -> dict[str, Any]:
+        return {"classes": list(self.label_space())}  # logit i means classes[i]
+
+    def check_checkpoint_record(self, meta: dict[str, Any], where: Path) -> bool:
+        if meta.get("classes") is None:
+            return False
+        check_same_classes(meta["classes"], self.label_space(), where)
+        return True
+
     def build_model(self, dist: DistInfo) -> nn.Module:
         from ..models import VideoClassifier, build_classifier, build_encoder
         cfg = self.cfg
         num_classes = len(self.label_space())
         frames, size = cfg.data.num_frames, cfg.data.img_size
         if cfg.model.average:
-            from .averaging import AveragedTrunk
+            from .averaging import AveragedTrunk, check_distinct
             from .pretrained import adapted_trunk_state
             factory = partial(build_encoder, cfg.model, frames, size, final_norm=False)
             states = []
@@ -104,6 +120,7 @@ class ClassifyTask(Task):
                     raise ValueError(f"model.average[{i}]: {exc}") from None
                 states.append(state)
                 _say(dist, f"averaging source {i}: {source.describe()}")
+            check_distinct(states, [f"model.average[{i}] ({path})" for i, path in enumerate(cfg.model.average)])
             trunk = AveragedTrunk(factory(), states, mode=cfg.model.average_mode, source_names=cfg.model.average)
             self.averaged_from = list(cfg.model.average)
             # the sources are frozen buffers; only alpha (and the head) train, whatever the head kind
@@ -184,6 +201,26 @@ class ClassifyTask(Task):
         from ..data.transforms import normalize_video
         x = normalize_video(video.to(ctx.device, non_blocking=True), self.cfg.augment.mean, self.cfg.augment.std)
         return engine(x.to(ctx.dtype))
+
+
+def check_same_classes(recorded: list[str], current: list[str], where: Path) -> None:
+    """ValueError unless a checkpoint's class names are this config's, in the same order: logit i of a
+    classifier means recorded[i], so reading it against another order scores (or trains) shuffled labels."""
+    if list(recorded) == list(current):
+        return
+    from ..data.manifest import name_some
+    from .checkpoint import MARKER
+    if sorted(recorded) == sorted(current):
+        moved = [f"#{i} {a!r} there / {b!r} here" for i, (a, b) in enumerate(zip(recorded, current)) if a != b]
+        what = f"the same {len(current)} classes in another order: {name_some(moved, 3)}"
+    else:
+        missing, extra = sorted(set(recorded) - set(current)), sorted(set(current) - set(recorded))
+        what = (f"{len(recorded)} classes there and {len(current)} here"
+                + (f"; only there: {name_some(missing, 4)}" if missing else "")
+                + (f"; only here: {name_some(extra, 4)}" if extra else ""))
+    raise ValueError(f"{where} was trained on another label space than this config gives, {what}. Its logits "
+                     "would be read against the wrong class names. Use the run's own data.classes and data.train "
+                     f"(its config.yaml), or set data.classes to the names recorded in {Path(where) / MARKER}")
 
 
 def share_buffers_from_rank0(module: nn.Module) -> None:
@@ -300,7 +337,7 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None
     RUN_DIR/eval/test_<tag>.json) and every rank returns them.
     """
     from . import dist as distmod
-    from .checkpoint import find_checkpoint
+    from .checkpoint import find_checkpoint, read_marker
     from .tasks import build_task
     if cfg.run.task not in ("classify", "linprobe"):
         raise ValueError(f"run.task is {cfg.run.task!r}: only classification runs (classify, linprobe) can be "
@@ -310,6 +347,10 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None
     ckpt = find_checkpoint(checkpoint, what="checkpoint to evaluate")
     cfg.model.init = None  # the checkpoint holds the whole model
     task = build_task(cfg)
+    if not task.check_checkpoint_record(read_marker(ckpt.path) or {}, ckpt.path):
+        print(f"WARNING: {ckpt.path} records no class names (saved before they were recorded): its logits are "
+              "read in the order of this config's label space, which must be the run's own", file=sys.stderr,
+              flush=True)
     dist = distmod.init_distributed(cfg.train.dist_timeout_s)
     try:
         model = task.build_model(dist)

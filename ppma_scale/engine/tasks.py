@@ -141,6 +141,14 @@ class Task:
         """Evaluate on every rank (collectives allowed); rank 0's returned numbers are logged."""
         return None
 
+    def checkpoint_record(self) -> dict[str, Any]:
+        """What this task's checkpoints must carry (in their marker) to be read correctly later."""
+        return {}
+
+    def check_checkpoint_record(self, meta: dict[str, Any], where: Path) -> bool:
+        """Refuse (ValueError) a checkpoint whose record does not fit this config; False if it carries none."""
+        return True
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -21,7 +21,7 @@ import torch
 
 from ..config import Config, config_to_dict, save_config
 from . import dist as distmod
-from .checkpoint import LATEST, Checkpoint, CheckpointManager, capture_rng, restore_rng, set_aside
+from .checkpoint import LATEST, Checkpoint, CheckpointManager, capture_rng, read_marker, restore_rng, set_aside
 from .data_args import skipped_samples
 from .ds_config import build_ds_config
 from .lr_schedule import WarmupCosine, apply_lr, peak_lr
@@ -70,6 +70,8 @@ def validate(cfg: Config, task: Task, run_dir: str | Path | None = None, resume:
             read_jsonl(Path(run_dir) / METRICS_FILE)  # a damaged metrics.jsonl is named now, not after DeepSpeed starts
             task.resume_from = plan.checkpoint.path  # its weights come from the checkpoint (model.init is not read)
     task.validate()
+    if plan.checkpoint is not None:  # e.g. a re-packed manifest lists the same classes in another order
+        task.check_checkpoint_record(read_marker(plan.checkpoint.path) or {}, plan.checkpoint.path)
     ds_config_for(cfg, world_size=1)
     train = cfg.train
     if train.keep_last < 1:
@@ -367,7 +369,8 @@ class _Trainer:
     def _save(self, engine, stream, step: int, schedule: _Schedule, log: MetricsLogger) -> Checkpoint:
         rank_state = {"stream": stream.state_dict(), "rng": capture_rng(), "task": self.task.state_dict()}
         meta = {"epoch": schedule.epoch(step), "total_steps": schedule.total, "task": self.cfg.run.task,
-                "config": config_to_dict(self.cfg)}  # what a resume compares its config with
+                "config": config_to_dict(self.cfg),  # what a resume compares its config with
+                **self.task.checkpoint_record()}
         ckpt = self.ckpts.save(engine, step, rank_state, meta)
         log.event("checkpoint", None, step=step, path=str(ckpt.path))
         return ckpt

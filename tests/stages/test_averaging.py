@@ -170,3 +170,52 @@ def test_average_cli_writes_the_soup_atomically_and_names_a_bad_input(tmp_path, 
     assert main([str(a), str(b), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"{b} is not a readable safetensors file" in err and "Traceback" not in err
+
+
+def test_average_cli_refuses_one_model_given_twice(tmp_path, capsys):
+    """A model under two names (a copy, or a run and its own checkpoint) averages to itself."""
+    import shutil
+    from ppma_scale.average import main
+    a, b = soup_inputs(tmp_path)
+    copy = tmp_path / "copy_of_a.safetensors"
+    shutil.copy(a, copy)
+    out = tmp_path / "soup.safetensors"
+    assert main([str(a), str(b), str(copy), "--out", str(out)]) == 2
+    assert f"{a} and {copy} hold the same weights" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def demo_blend_config(*sources):
+    from pathlib import Path
+    from ppma_scale.config import load_config
+    demo = Path(__file__).resolve().parents[2] / "configs" / "demo"
+    listed = "[" + ", ".join(str(s) for s in sources) + "]"
+    return load_config(demo / "finetune_test.yaml", ["model.init=null", f"model.average={listed}", "data.train=unused", "data.val=unused"])
+
+
+def test_adaptive_averaging_refuses_the_same_trunk_twice(tmp_path):
+    """Blending a trunk with itself would train alpha on noise and report it as a learned mix."""
+    import shutil
+    import torch
+    from safetensors.torch import save_file
+    from ppma_scale.engine.dist import DistInfo
+    from ppma_scale.engine.tasks import build_task
+    from ppma_scale.models import build_encoder
+    cfg = demo_blend_config("x", "y")
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        trunk = build_encoder(cfg.model, cfg.data.num_frames, cfg.data.img_size)
+        paths.append(tmp_path / f"trunk{seed}.safetensors")
+        save_file({k: v.contiguous() for k, v in trunk.state_dict().items()}, paths[-1])
+    with pytest.raises(ValueError, match=r"model.average\[0\] and model.average\[2\] are the same trunk"):
+        build_task(demo_blend_config(paths[0], paths[1], tmp_path / "sub" / ".." / paths[0].name)).validate()
+    shutil.copy(paths[0], tmp_path / "copy.safetensors")
+    cpu = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
+    task = build_task(demo_blend_config(paths[0], tmp_path / "copy.safetensors"))
+    task.classes = ["a", "b"]  # the label space would come from data.train
+    with pytest.raises(ValueError, match=r"model.average\[0\] .* and model.average\[1\] .* hold the same weights"):
+        task.build_model(cpu)
+    task = build_task(demo_blend_config(paths[0], paths[1]))
+    task.classes = ["a", "b"]
+    assert task.build_model(cpu) is not None  # two different trunks blend

@@ -137,6 +137,46 @@ def test_evaluate_launcher_reproduces_the_runs_own_test(linprobe):
     assert standalone["mean_class_acc"] == pytest.approx(in_training["mean_class_acc"])
 
 
+def run_python(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=180, cwd=REPO,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_checkpoints_record_their_class_names_and_evaluation_refuses_another_order(linprobe, tiny_shards, tmp_path):
+    """A re-ordered label space would score the probe against shuffled labels (5.86 instead of 55.86
+    on the demo, with no warning): the checkpoint's recorded names must match, or nothing is scored."""
+    run_dir, _ = linprobe
+    classes = json.loads(Path(tiny_shards["downstream_train"]).read_text())["classes"]
+    marker = json.loads((run_dir / "checkpoints" / "step_00000006" / "ppma_complete.json").read_text())
+    assert marker["classes"] == classes
+    flipped = tmp_path / "flipped.txt"
+    flipped.write_text("\n".join(reversed(classes)) + "\n")
+    out = tmp_path / "test.json"
+    done = run_python(str(REPO / "launch" / "evaluate.py"), str(run_dir), "--out", str(out), f"data.classes={flipped}")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "another order" in done.stderr and f"#0 {classes[0]!r} there / {classes[-1]!r} here" in done.stderr
+    assert not out.exists()
+    more = tmp_path / "more.txt"
+    more.write_text("\n".join([*classes, "cartwheel"]) + "\n")
+    done = run_python(str(REPO / "launch" / "evaluate.py"), str(run_dir), "--out", str(out), f"data.classes={more}")
+    assert done.returncode == 2 and "4 classes there and 5 here; only here: cartwheel" in done.stderr, done.stderr[-3000:]
+
+
+def test_resume_refuses_a_label_space_in_another_order(linprobe, tiny_shards, tmp_path):
+    import shutil
+    run_dir = tmp_path / "linprobe"
+    shutil.copytree(linprobe[0], run_dir)
+    classes = json.loads(Path(tiny_shards["downstream_train"]).read_text())["classes"]
+    flipped = tmp_path / "flipped.txt"
+    flipped.write_text("\n".join(reversed(classes)) + "\n")
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    done = run_python(str(REPO / "launch" / "linprobe.py"), "--config", str(run_dir / "config.yaml"), "--output",
+                      str(run_dir), "--allow-config-change", "train.max_steps=8", f"data.classes={flipped}")
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "another label space" in done.stderr and "step_00000006" in done.stderr
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+
+
 def test_adaptive_averaging_learns_alpha_and_stores_no_trunk_copies(averaged):
     run_dir, stdout = averaged
     assert stdout.count("averaging source") == 2

@@ -77,6 +77,8 @@ def launch(argv: list[str], *, stage: str, tasks: tuple[str, ...]) -> int:
         run(cfg, args.output, resume=args.resume, task=task, allow_config_change=args.allow_config_change)
     except NonFiniteError as exc:
         return _fail(stage, str(exc), EXIT_NONFINITE)
+    except ConfigError as exc:  # found while building the model, e.g. a model.init that does not fit it
+        return _fail(stage, str(exc), EXIT_CONFIG_ERROR)
     finally:
         shutdown()  # `run` leaves the process group up, so one process can run several stages
     return 0

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ConfigError
 from .dist import DistInfo
 from .evaluate import headline, run_evaluation, score_eval_batches
 from .param_groups import build_param_groups, no_weight_decay_names
@@ -117,10 +118,13 @@ class ClassifyTask(Task):
                 try:
                     state, source = adapted_trunk_state(factory, path)
                 except ValueError as exc:
-                    raise ValueError(f"model.average[{i}]: {exc}") from None
+                    raise ConfigError(f"model.average[{i}]: {exc}") from None
                 states.append(state)
                 _say(dist, f"averaging source {i}: {source.describe()}")
-            check_distinct(states, [f"model.average[{i}] ({path})" for i, path in enumerate(cfg.model.average)])
+            try:
+                check_distinct(states, [f"model.average[{i}] ({path})" for i, path in enumerate(cfg.model.average)])
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
             trunk = AveragedTrunk(factory(), states, mode=cfg.model.average_mode, source_names=cfg.model.average)
             self.averaged_from = list(cfg.model.average)
             # the sources are frozen buffers; only alpha (and the head) train, whatever the head kind
@@ -136,7 +140,7 @@ class ClassifyTask(Task):
                 try:
                     source, report = init_trunk(model.encoder, cfg.model.init)
                 except ValueError as exc:
-                    raise ValueError(f"model.init: {exc}") from None
+                    raise ConfigError(f"model.init: {exc}") from None
                 _say(dist, f"trunk from {source.describe()}; position table: {report['pos_embed']}"
                      + (f"; filled {report['filled']}" if report["filled"] else ""))
             else:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import Config, ConfigError
 from .dist import DistInfo
 from .param_groups import build_param_groups, no_weight_decay_names
 
@@ -228,7 +228,7 @@ class MAETask(Task):
             try:
                 source, report = init_trunk(model.encoder, cfg.model.init)
             except ValueError as exc:
-                raise ValueError(f"model.init: {exc}") from None
+                raise ConfigError(f"model.init: {exc}") from None
             if dist is None or dist.is_main:
                 filled = f"; filled {report['filled']}" if report["filled"] else ""
                 print(f"[tasks] encoder from {source.describe()}; position table: {report['pos_embed']}{filled}; "

@@ -248,6 +248,7 @@ def load_trunk_weights(encoder: VideoViT, trunk: StateDict, layout: str = "ours"
     target = encoder.state_dict()
     trunk = dict(trunk)
     report = {"layout": layout, "filled": [], "dropped": [], "pos_embed": "loaded"}
+    _check_patch_embedding(trunk, target)  # first: a wrong patch size would look like a position-table puzzle
     trunk["pos_embed"], report["pos_embed"] = _adapt_pos(encoder, trunk.get("pos_embed"), layout, source_grid)
     for key in sorted(set(trunk) - set(target)):
         if key.startswith("norm.") or (key.endswith("attn.qkv.bias") and not trunk[key].any()):
@@ -272,6 +273,21 @@ def load_trunk_weights(encoder: VideoViT, trunk: StateDict, layout: str = "ours"
     encoder.load_state_dict(trunk, strict=True)
     report["loaded"] = len(trunk) - len(report["filled"])
     return report
+
+
+def _check_patch_embedding(trunk: StateDict, target: StateDict) -> None:
+    """ValueError naming the model keys to set when the checkpoint's width, tubelet or patch size
+    differs from the model's (these cannot be adapted)."""
+    key = "patch_embed.proj.weight"
+    if key not in trunk or tuple(trunk[key].shape) == tuple(target[key].shape):
+        return
+    (width, _, tubelet, patch, _), (m_width, _, m_tubelet, m_patch, _) = trunk[key].shape, target[key].shape
+    fixes = [f"{name}={theirs}" for name, theirs, ours in (("model.embed_dim (or model.size)", width, m_width),
+                                                           ("model.tubelet", tubelet, m_tubelet),
+                                                           ("model.patch_size", patch, m_patch)) if theirs != ours]
+    raise ValueError(f"the checkpoint embeds {tubelet}x{patch}x{patch} tubelets into {width} channels, this model "
+                     f"{m_tubelet}x{m_patch}x{m_patch} into {m_width} (these cannot be adapted): set "
+                     + ", ".join(fixes))
 
 
 def init_trunk_from(encoder: VideoViT, source: str | Path | StateDict,

@@ -88,3 +88,29 @@ def test_a_failed_save_leaves_the_previous_file_and_no_temporary(tmp_path):
         save_safetensors({"w": torch.zeros(4, 4).t()}, out)
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_a_trunk_with_another_patch_size_is_one_line_naming_the_keys_to_set(tmp_path, tiny_shards):
+    """Found only once the model is built (every rank), so it must still reach the user as one line
+    with the fix, not as per-rank tracebacks about position tables."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    from ppma_scale.config import load_config
+    from ppma_scale.models import build_encoder
+    repo = Path(__file__).resolve().parents[2]
+    config = repo / "configs" / "demo" / "pretrain_test.yaml"
+    other = load_config(config, ["data.train=unused", "model.patch_size=8"]).model
+    trunk = build_encoder(other, 4, 32)
+    save_file({k: v.contiguous() for k, v in trunk.state_dict().items()}, tmp_path / "patch8.safetensors")
+    done = subprocess.run([sys.executable, str(repo / "launch" / "pretrain.py"), "--config", str(config), "--output",
+                           str(tmp_path / "run"), f"model.init={tmp_path / 'patch8.safetensors'}",
+                           f"data.train={tiny_shards['nohuman']}"], capture_output=True, text=True, timeout=300,
+                          cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("launch/pretrain.py: error: model.init: ") and "patch8.safetensors" in line
+    assert line.endswith("the checkpoint embeds 2x8x8 tubelets into 32 channels, this model 2x16x16 into 32 "
+                         "(these cannot be adapted): set model.patch_size=8")

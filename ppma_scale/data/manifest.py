@@ -18,10 +18,11 @@ A sample inside a shard is `{__key__, mp4|webm, cls, json}`; see `SAMPLE_VIDEO_E
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+from ..atomic import write_text_atomic
 
 FORMAT = "ppma_scale.shards/1"
 MANIFEST_NAME = "manifest.json"
@@ -66,11 +67,7 @@ class Manifest:
 
     def save(self, folder: str | Path) -> Path:
         """Write `manifest.json` atomically (tmp + rename): a reader never sees half a manifest."""
-        path = Path(folder) / MANIFEST_NAME
-        tmp = path.with_name(f".{MANIFEST_NAME}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(Path(folder) / MANIFEST_NAME, json.dumps(self.to_json(), indent=1))
 
 
 def resolve_url(location: str, url: str) -> str:

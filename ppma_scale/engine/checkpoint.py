@@ -34,6 +34,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from ..atomic import write_text_atomic
 from .dist import DistInfo, barrier, broadcast_object
 
 LATEST = "latest"
@@ -74,15 +75,6 @@ class Checkpoint:
 
     def rank_file(self, rank: int) -> Path:
         return self.path / f"rank_{rank:05d}.pt"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class DamagedCheckpoint(ValueError):
@@ -289,8 +281,8 @@ class CheckpointManager:
         if self.dist.is_main:
             marker = {"step": step, "world_size": ckpt.world_size, "zero_stage": ckpt.zero_stage,
                       "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
-            _write_atomic(tag_dir / MARKER, json.dumps(marker, indent=1))
-            _write_atomic(self.root / LATEST, tag_dir.name)
+            write_text_atomic(tag_dir / MARKER, json.dumps(marker, indent=1))
+            write_text_atomic(self.root / LATEST, tag_dir.name)
             self.rotate()
         barrier()
         return ckpt

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..atomic import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 EVENTS_FILE = "events.jsonl"
@@ -168,8 +171,9 @@ class MetricsLogger:
             self._writer = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def keep_until(self, step: int) -> None:
-        """On resume: drop records logged after `step` by the run that was interrupted, and a torn
-        last line (a crash or a full disk mid-write) of metrics.jsonl or events.jsonl."""
+        """On resume: move the records logged after `step` by the run that was interrupted (or
+        abandoned, when resuming from an earlier checkpoint) to metrics.after-step_<step>.jsonl, and
+        drop a torn last line (a crash or a full disk mid-write) of metrics.jsonl or events.jsonl."""
         if not self.is_main:
             return
         for name in (METRICS_FILE, EVENTS_FILE):
@@ -180,10 +184,21 @@ class MetricsLogger:
             if torn is not None:
                 print(f"WARNING: {path}:{torn}: dropped a torn last line (the run was killed while writing it)",
                       file=sys.stderr, flush=True)
+            kept, later = lines, []
             if name == METRICS_FILE:
-                lines = [line for line in lines if json.loads(line).get("step", 0) <= step]
-            if torn is not None or name == METRICS_FILE:
-                path.write_text("".join(line + "\n" for line in lines))
+                after = [json.loads(line).get("step", 0) > step for line in lines]
+                kept = [line for line, drop in zip(lines, after) if not drop]
+                later = [line for line, drop in zip(lines, after) if drop]
+            if later:
+                archive = path.with_name(f"{path.stem}.after-step_{step}{path.suffix}")
+                with open(archive, "a") as handle:  # appended: a run may rewind to the same step twice
+                    handle.write("".join(line + "\n" for line in later))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                print(f"resuming at step {step}: moved {len(later)} later records of {path.name} to {archive.name}",
+                      flush=True)
+            if torn is not None or later:
+                write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     def progress(self, step: int) -> None:
         """Advance the progress bar (rank 0, interactive consoles only) to `step`."""

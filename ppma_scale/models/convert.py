@@ -282,12 +282,13 @@ def _check_patch_embedding(trunk: StateDict, target: StateDict) -> None:
     if key not in trunk or tuple(trunk[key].shape) == tuple(target[key].shape):
         return
     (width, _, tubelet, patch, _), (m_width, _, m_tubelet, m_patch, _) = trunk[key].shape, target[key].shape
-    fixes = [f"{name}={theirs}" for name, theirs, ours in (("model.embed_dim (or model.size)", width, m_width),
+    fixes = [f"{name}={theirs}" for name, theirs, ours in (("model.embed_dim", width, m_width),
                                                            ("model.tubelet", tubelet, m_tubelet),
                                                            ("model.patch_size", patch, m_patch)) if theirs != ours]
+    size_hint = " (or the model.size of that width)" if width != m_width else ""
     raise ValueError(f"the checkpoint embeds {tubelet}x{patch}x{patch} tubelets into {width} channels, this model "
                      f"{m_tubelet}x{m_patch}x{m_patch} into {m_width} (these cannot be adapted): set "
-                     + ", ".join(fixes))
+                     + ", ".join(fixes) + size_hint)
 
 
 def init_trunk_from(encoder: VideoViT, source: str | Path | StateDict,

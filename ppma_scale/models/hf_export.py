@@ -10,7 +10,6 @@ faithfully (`model.pos_embed: sincos_1d`, or weights imported from VideoMAE / PP
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -18,6 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ppma_scale.atomic import write_text_atomic
 from ppma_scale.models import pos_embed as pe
 
 StateDict = dict[str, torch.Tensor]
@@ -146,7 +146,5 @@ def export_hf(model: nn.Module, out_dir: str | Path, id2label: Optional[dict[int
     out.mkdir(parents=True, exist_ok=True)
     save_safetensors({k: v.detach().float().cpu().clone() for k, v in tensors.items()},
                      out / "model.safetensors", metadata={"format": "pt"})
-    temp = out / f".config.json.{os.getpid()}.tmp"
-    temp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(temp, out / "config.json")
+    write_text_atomic(out / "config.json", json.dumps(config, indent=2) + "\n")
     return out

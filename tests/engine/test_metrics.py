@@ -42,6 +42,14 @@ def test_logger_writes_on_main_only_and_truncates_on_resume(tmp_path, capsys):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     MetricsLogger(tmp_path, is_main=True, total_steps=10).keep_until(3)
     assert [json.loads(l)["step"] for l in (tmp_path / METRICS_FILE).read_text().splitlines()] == [1, 2, 3]
+    archive = tmp_path / "metrics.after-step_3.jsonl"  # the abandoned steps are kept aside, not deleted
+    assert [json.loads(l)["loss"] for l in archive.read_text().splitlines()] == [4.0, 5.0]
+    again = MetricsLogger(tmp_path, is_main=True, total_steps=10)
+    again.log({**record, "step": 4, "loss": 40.0})
+    again.close()
+    MetricsLogger(tmp_path, is_main=True, total_steps=10).keep_until(3)  # rewound to step 3 a second time
+    assert [json.loads(l)["loss"] for l in archive.read_text().splitlines()] == [4.0, 5.0, 40.0]
+    assert "moved 1 later records of metrics.jsonl to metrics.after-step_3.jsonl" in capsys.readouterr().out
 
 
 def test_format_and_memory():

@@ -45,6 +45,7 @@ def test_torn_last_metrics_line_is_dropped_and_a_torn_middle_line_is_named(tmp_p
     assert (tmp_path / METRICS_FILE).read_text() == good[0] + "\n" + good[1] + "\n"
     assert (tmp_path / EVENTS_FILE).read_text() == '{"event": "start"}\n'
     assert f"{tmp_path / METRICS_FILE}:4: dropped a torn last line" in capsys.readouterr().err
+    assert (tmp_path / "metrics.after-step_2.jsonl").read_text() == good[2] + "\n"  # kept aside, not lost
     (tmp_path / METRICS_FILE).write_text(good[0] + "\n{oops\n" + good[2] + "\n")
     with pytest.raises(ValueError, match=rf"{METRICS_FILE}:2: not a JSON record"):
         logger.keep_until(3)

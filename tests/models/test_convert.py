@@ -192,7 +192,8 @@ def test_adaptations_and_their_limits(make_encoder):
     with pytest.raises(ValueError, match="set model.layer_scale"):
         load_trunk_weights(make_encoder(), make_encoder(layer_scale=0.1).state_dict())
     wide = make_encoder(size=dict(embed_dim=60, num_heads=3)).state_dict()
-    with pytest.raises(ValueError, match="check model.size"):
+    with pytest.raises(ValueError, match=r"into 60 channels, this model 2x8x8 into 48 .*: set model.embed_dim=60 "
+                                         r"\(or the model.size of that width\)"):
         load_trunk_weights(make_encoder(), wide)
     with pytest.raises(ValueError, match="unrecognised checkpoint layout"):
         detect_layout({"fc.weight": torch.zeros(2)})

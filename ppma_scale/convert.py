@@ -18,7 +18,8 @@ from typing import Optional, Sequence
 
 from ppma_scale.cli import refuse_overwriting_inputs, run_tool
 from ppma_scale.models.convert import (encoder_from_trunk, export_hf, linear_head_state_dict, load_trunk_weights,
-                                       load_weights_file, save_safetensors, to_trunk_state_dict)
+                                       load_weights_file, recorded_class_names, save_safetensors,
+                                       to_trunk_state_dict)
 from ppma_scale.models.hf_export import num_heads_from_hf_config
 
 
@@ -55,11 +56,16 @@ def convert(args: argparse.Namespace) -> dict:
         save_safetensors({k: v.clone() for k, v in encoder.state_dict().items()}, out, metadata={"format": "pt"})
     else:
         head = linear_head_state_dict(state, layout)
-        model = encoder
+        model, id2label = encoder, None
         if head is not None:
             model = VideoClassifier(encoder, num_classes=head["fc.weight"].shape[0], head="linear")
             model.head.load_state_dict(head)
-        export_hf(model, out, allow_pos_mismatch=args.allow_pos_mismatch, override_hint="pass --allow-pos-mismatch")
+            names = recorded_class_names(args.input)
+            if names is not None and len(names) == head["fc.weight"].shape[0]:
+                id2label = dict(enumerate(names))
+            report["labels"] = "class names from the input" if id2label else "LABEL_i (the input records no names)"
+        export_hf(model, out, id2label, allow_pos_mismatch=args.allow_pos_mismatch,
+                  override_hint="pass --allow-pos-mismatch")
         report["head"] = "exported" if head is not None else "none (trunk only)"
     report["output"] = str(args.output)
     return report

@@ -49,6 +49,8 @@ def export_checkpoint(source: str | Path, output: str | Path | None = None, dtyp
     output = Path(output)
     metadata = {"format": "ppma_scale", "task": str(marker.get("task", "")), "step": str(ckpt.step),
                 "dtype": dtype, "source": str(ckpt.path)}
+    if marker.get("classes"):  # logit i is classes[i]; `ppma-convert --to hf` turns it into id2label
+        metadata["classes"] = json.dumps(marker["classes"])
     config_file = ckpt.root.parent / "config.yaml"
     if config_file.is_file():
         metadata["config"] = config_file.read_text()

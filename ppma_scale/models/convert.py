@@ -51,6 +51,18 @@ def load_weights_file(path: str | Path) -> StateDict:
     return merged
 
 
+def recorded_class_names(path: str | Path) -> list[str] | None:
+    """The class names a weights file carries (`ppma-export` of a classification run writes them in
+    its safetensors metadata, logit order); None when it records none."""
+    files = weights_files(path)
+    if len(files) != 1 or check_weights_file(files[0]) != "safetensors":
+        return None
+    from safetensors import safe_open
+    with safe_open(str(files[0]), framework="pt") as handle:
+        text = (handle.metadata() or {}).get("classes")
+    return json.loads(text) if text else None
+
+
 def weights_files(path: str | Path) -> list[Path]:
     """The files `load_weights_file` reads for `path`: the file itself, or a Hugging Face folder's
     model.safetensors / pytorch_model.bin / index shards."""

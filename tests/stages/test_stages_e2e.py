@@ -162,6 +162,19 @@ def test_checkpoints_record_their_class_names_and_evaluation_refuses_another_ord
     assert done.returncode == 2 and "4 classes there and 5 here; only here: cartwheel" in done.stderr, done.stderr[-3000:]
 
 
+def test_class_names_travel_from_the_run_to_the_hugging_face_config(align, tmp_path, capsys):
+    from ppma_scale.convert import main as convert_main
+    from ppma_scale.export import export_checkpoint
+    run_dir, _ = align
+    classes = json.loads((run_dir / "checkpoints" / "step_00000006" / "ppma_complete.json").read_text())["classes"]
+    exported = export_checkpoint(run_dir, tmp_path / "aligned.safetensors")
+    assert convert_main([str(exported), str(tmp_path / "hf"), "--to", "hf", "--num-frames", "4", "--img-size", "32",
+                         "--num-heads", "2", "--allow-pos-mismatch"]) == 0, capsys.readouterr().err
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert [config["id2label"][str(i)] for i in range(len(classes))] == classes
+    assert config["label2id"][classes[-1]] == len(classes) - 1
+
+
 def test_resume_refuses_a_label_space_in_another_order(linprobe, tiny_shards, tmp_path):
     import shutil
     run_dir = tmp_path / "linprobe"

@@ -122,7 +122,7 @@ def exit_rank(code: int) -> NoReturn:
     drop, so their worker threads (pt_gloo_runloop, gloo_tcp_loop) still run after `shutdown`. They
     are then destroyed during interpreter finalisation, which now and then aborts the rank with
     SIGABRT ("terminate called without an active exception") after a run that finished and saved
-    everything: a finished job reported as failed (about 1 run in 100 on CPU here, once in CI).
+    everything: a finished job reported as failed (1 of 162 two-rank CPU runs here, and once in CI).
     Skipping finalisation removes that window; nothing of ours is left to flush by then."""
     import atexit
     import threading

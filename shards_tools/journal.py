@@ -20,6 +20,8 @@ from typing import Any
 
 import webdataset as wds
 
+from ppma_scale.atomic import write_text_atomic
+
 JOURNAL_NAME = ".pack-journal.jsonl"
 TAR_MTIME = 0  # fixed member timestamps: identical inputs give byte-identical shards (an int: a float
 # mtime costs every member an extra PAX header)
@@ -116,14 +118,9 @@ class Journal:
 
     def start(self, entries: list[dict[str, Any]]) -> None:
         """(Re)write the journal holding exactly `entries`, atomically."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
         lines = [json.dumps({"fingerprint": self.fingerprint})] + [json.dumps(e) for e in entries]
-        with open(tmp, "w") as handle:
-            handle.write("\n".join(lines) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())  # durable before any shard: shards without a journal are not ours
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        write_text_atomic(self.path, "\n".join(lines) + "\n")
+        _fsync_dir(self.path.parent)  # durable before any shard: shards without a journal are not ours
 
     def append(self, entry: dict[str, Any]) -> None:
         with open(self.path, "a") as handle:

@@ -68,6 +68,7 @@ class ResumePlan:
     damaged: list[tuple[Path, str]] = field(default_factory=list)  # newer tags of this run that failed the checks
     abandoned: list[Path] = field(default_factory=list)  # this run's complete tags newer than the one resumed
     changes: list[ConfigChange] = field(default_factory=list)  # accepted config changes, to report
+    meta: dict[str, Any] = field(default_factory=dict)  # the checkpoint's marker (what its task recorded)
 
 
 def _show(value: Any) -> str:
@@ -107,10 +108,10 @@ def newest_intact(root: Path) -> tuple[Checkpoint | None, list[tuple[Path, str]]
     return None, damaged
 
 
-def saved_config(ckpt: Checkpoint) -> tuple[dict | None, str]:
-    """The resolved config that trained `ckpt` and where it was read: the marker's copy, else the
-    run directory's config file in force when it was saved (config.yaml or a later config.resume-*)."""
-    meta = read_marker(ckpt.path) or {}
+def saved_config(ckpt: Checkpoint, meta: dict[str, Any]) -> tuple[dict | None, str]:
+    """The resolved config that trained `ckpt` and where it was read: the copy in its marker `meta`,
+    else the run directory's config file in force when it was saved (config.yaml or a later
+    config.resume-*)."""
     if isinstance(meta.get("config"), dict):
         return meta["config"], str(ckpt.path / MARKER)
     run_dir = ckpt.root.parent
@@ -253,7 +254,7 @@ def plan_resume(cfg: Config, run_dir: str | Path, resume: str, allow_config_chan
         raise ValueError(f"cannot resume {ckpt.path}: it holds a run.task={meta['task']!r} run, and this config is "
                          f"run.task={cfg.run.task!r}. Use another --output (a classification run can start from its "
                          f"weights with model.init={ckpt.path})")
-    old, source = saved_config(ckpt)
+    old, source = saved_config(ckpt, meta)
     changes = compare_configs(old, config_to_dict(cfg)) if old is not None else []
     _refuse_changes(ckpt, source, changes, allow_config_change)
     _check_length(ckpt, cfg, meta)
@@ -261,4 +262,4 @@ def plan_resume(cfg: Config, run_dir: str | Path, resume: str, allow_config_chan
     abandoned = []
     if _same_dir(ckpt.root, own_root):
         abandoned = [p for s, p in marked_tags(own_root) if s > ckpt.step and p not in skip]
-    return ResumePlan(checkpoint=ckpt, damaged=damaged, abandoned=abandoned, changes=changes)
+    return ResumePlan(checkpoint=ckpt, damaged=damaged, abandoned=abandoned, changes=changes, meta=meta)

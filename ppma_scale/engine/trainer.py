@@ -21,7 +21,7 @@ import torch
 
 from ..config import Config, config_to_dict, save_config
 from . import dist as distmod
-from .checkpoint import LATEST, Checkpoint, CheckpointManager, capture_rng, read_marker, restore_rng, set_aside
+from .checkpoint import LATEST, Checkpoint, CheckpointManager, capture_rng, restore_rng, set_aside
 from .data_args import skipped_samples
 from .ds_config import build_ds_config
 from .lr_schedule import WarmupCosine, apply_lr, peak_lr
@@ -71,7 +71,7 @@ def validate(cfg: Config, task: Task, run_dir: str | Path | None = None, resume:
             task.resume_from = plan.checkpoint.path  # its weights come from the checkpoint (model.init is not read)
     task.validate()
     if plan.checkpoint is not None:  # e.g. a re-packed manifest lists the same classes in another order
-        task.check_checkpoint_record(read_marker(plan.checkpoint.path) or {}, plan.checkpoint.path)
+        task.check_checkpoint_record(plan.meta, plan.checkpoint.path)
     ds_config_for(cfg, world_size=1)
     train = cfg.train
     if train.keep_last < 1:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, build_config, fill_missing, missing_keys, read_config
 
 EXIT_CONFIG_ERROR = 2
 EXIT_NONFINITE = 3
@@ -55,11 +55,29 @@ def _fail(stage: str, message: str, code: int) -> int:
     return code
 
 
+def _load_for_resume(args: LaunchArgs, stage: str) -> Config:
+    """The validated config; when it leaves keys `???` and the run it resumes has values for them
+    (align's `model.init` on a restart), those values are taken, and said so: a resume reads its
+    weights from the checkpoint, so the user need not repeat what only the first launch used."""
+    raw, sources = read_config(args.config, args.overrides)
+    if missing_keys(raw):
+        from .engine.resume_guard import resumed_run_config
+        output = args.output or (raw.get("run") or {}).get("output")
+        saved, where = resumed_run_config(output if isinstance(output, str) else None, args.resume)
+        if saved is not None:
+            source = f"{where}, the config of the run being resumed"
+            filled = fill_missing(raw, sources, saved, source)
+            if filled and os.environ.get("RANK", "0") == "0":
+                print(f"launch/{stage}.py: resuming: {', '.join(filled)} left as ??? in {args.config}; "
+                      f"using the resumed run's values from {where}", flush=True)
+    return build_config(raw, sources)
+
+
 def launch(argv: list[str], *, stage: str, tasks: tuple[str, ...]) -> int:
     """Parse, load and validate the config, train; the process exit code."""
     args = parse_launch_args(argv, stage)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = _load_for_resume(args, stage)
         if cfg.run.task not in tasks:
             raise ConfigError(f"run.task={cfg.run.task!r}, but launch/{stage}.py runs "
                               f"{' or '.join(repr(t) for t in tasks)}: use the launch script of that stage")

@@ -186,11 +186,42 @@ COMMAND_LINE = "the command line"
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read `path` (following `base:`), apply `key.sub=value` overrides, validate, return a Config."""
+    return build_config(*read_config(path, overrides))
+
+
+def read_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, dict[str, str]]:
+    """The merged, not yet validated config (`base:` files, then overrides) and where each dotted key
+    was set; split from `load_config` so a resume can fill in keys left `???` before validation."""
     raw, sources = _read_with_bases(Path(path), chain=())
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value, sources, COMMAND_LINE)
-    return build_config(raw, sources)
+    return raw, sources
+
+
+def missing_keys(raw: dict, prefix: str = "") -> list[str]:
+    """Dotted keys of `raw` still left `???` (sections only; list entries are not searched)."""
+    found = []
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            found += missing_keys(value, f"{prefix}{key}.")
+        elif value == MISSING_VALUE:
+            found.append(f"{prefix}{key}")
+    return found
+
+
+def fill_missing(raw: dict, sources: dict[str, str], saved: dict, source: str) -> list[str]:
+    """Set each key `raw` leaves `???` to its value in `saved` (a resolved config) where that has one;
+    the keys filled, each recorded as set in `source`."""
+    filled = []
+    for dotted in missing_keys(raw):
+        value: Any = saved
+        for part in dotted.split("."):
+            value = value.get(part, MISSING_VALUE) if isinstance(value, dict) else MISSING_VALUE
+        if value != MISSING_VALUE:
+            _set_dotted(raw, dotted, value, sources, source)
+            filled.append(dotted)
+    return filled
 
 
 def build_config(raw: dict, sources: dict[str, str] | None = None) -> Config:

@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from ..config import Config, config_to_dict
-from .checkpoint import (LATEST, MARKER, Checkpoint, DamagedCheckpoint, find_checkpoint, read_checkpoint,
-                         read_marker, tag_dirs, verify_checkpoint)
+from .checkpoint import (LATEST, MARKER, Checkpoint, DamagedCheckpoint, find_checkpoint, latest_checkpoint,
+                         read_checkpoint, read_marker, tag_dirs, verify_checkpoint)
 
 ALLOW_FLAG = "--allow-config-change"
 RESUME_OFF = ("off", "none", "no", "false")
@@ -125,6 +125,21 @@ def saved_config(ckpt: Checkpoint, meta: dict[str, Any]) -> tuple[dict | None, s
     except yaml.YAMLError as exc:
         raise ValueError(f"{path} (the config of checkpoint {ckpt.path}) is not valid YAML: {exc}") from None
     return (data if isinstance(data, dict) else None), str(path)
+
+
+def resumed_run_config(run_dir: str | Path | None, resume: str) -> tuple[dict | None, str]:
+    """The resolved config of the checkpoint `--resume` would continue from, and where it was read;
+    read before the new config is validated, so keys it leaves `???` (say align's `model.init`, which
+    a resume does not use) can come from the run itself. (None, "") when there is no such checkpoint
+    or it cannot be read: `plan_resume` names those problems later."""
+    if resume in RESUME_OFF or (resume == "auto" and run_dir is None):
+        return None, ""
+    location = Path(run_dir) / "checkpoints" if resume == "auto" else Path(resume).expanduser()
+    try:
+        ckpt = read_checkpoint(location) or latest_checkpoint(location) or latest_checkpoint(location / "checkpoints")
+        return saved_config(ckpt, read_marker(ckpt.path) or {}) if ckpt is not None else (None, "")
+    except (DamagedCheckpoint, ValueError, OSError):
+        return None, ""
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -190,6 +190,23 @@ def test_resume_refuses_a_label_space_in_another_order(linprobe, tiny_shards, tm
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
 
 
+def test_a_resume_takes_keys_left_unset_from_the_run_it_continues(align, tmp_path):
+    """align.yaml leaves model.init and data.train `???`; a restart that names neither continues the
+    run with the values its first launch was given, and says so. Without a checkpoint it is still an error."""
+    import shutil
+    run_dir = tmp_path / "align"
+    shutil.copytree(align[0], run_dir)
+    done = run_python(str(REPO / "launch" / "align.py"), "--config", str(DEMO / "align_test.yaml"), "--output",
+                      str(run_dir), "train.max_steps=7")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "resuming: model.init, data.train left as ???" in done.stdout
+    assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, 8))
+    fresh = run_python(str(REPO / "launch" / "align.py"), "--config", str(DEMO / "align_test.yaml"), "--output",
+                       str(tmp_path / "new"), "train.max_steps=7")
+    assert fresh.returncode == 2 and "model.init is required" in fresh.stderr, fresh.stderr[-2000:]
+    assert not (tmp_path / "new").exists()
+
+
 def test_adaptive_averaging_learns_alpha_and_stores_no_trunk_copies(averaged):
     run_dir, stdout = averaged
     assert stdout.count("averaging source") == 2

@@ -24,6 +24,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)
     from ppma_scale.config import ConfigError, load_config
+    from ppma_scale.cli import EXIT_PEER_FAILED
+    from ppma_scale.engine.agreement import PeerFailure
     from ppma_scale.engine.classify import evaluate_checkpoint
     try:
         cfg = load_config(args.config or args.run_dir / "config.yaml", args.overrides)
@@ -31,9 +33,12 @@ def main(argv: list[str]) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"launch/evaluate.py: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except PeerFailure as exc:  # another rank's data failed; its log has the traceback
+        print(f"launch/evaluate.py: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_PEER_FAILED
     return 0
 
 
 if __name__ == "__main__":
-    from ppma_scale.engine.dist import exit_rank
-    exit_rank(main(sys.argv[1:]))
+    from ppma_scale.engine.dist import run_rank
+    run_rank(lambda: main(sys.argv[1:]))

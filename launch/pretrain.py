@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout works without `pip install -e`
 
 from ppma_scale.cli import launch  # noqa: E402
-from ppma_scale.engine.dist import exit_rank  # noqa: E402
+from ppma_scale.engine.dist import run_rank  # noqa: E402
 
 if __name__ == "__main__":
-    exit_rank(launch(sys.argv[1:], stage="pretrain", tasks=("mae",)))
+    run_rank(lambda: launch(sys.argv[1:], stage="pretrain", tasks=("mae",)))

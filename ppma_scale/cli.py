@@ -1,6 +1,6 @@
 """Shared command line of the launch scripts: `--config FILE [key=value ...] --output DIR --resume ...`.
 
-Every stage's script is `exit_rank(launch(sys.argv[1:], stage=..., tasks=(...)))`. The config is
+Every stage's script is `run_rank(lambda: launch(sys.argv[1:], stage=..., tasks=(...)))`. The config is
 loaded and checked before torch.distributed, DeepSpeed or the run directory are touched, so a
 mistake in it costs a second and leaves nothing behind.
 """
@@ -17,6 +17,7 @@ from .config import Config, ConfigError, build_config, fill_missing, missing_key
 
 EXIT_CONFIG_ERROR = 2
 EXIT_NONFINITE = 3
+EXIT_PEER_FAILED = 4  # this rank stopped because another rank failed
 
 
 @dataclass
@@ -89,12 +90,15 @@ def launch(argv: list[str], *, stage: str, tasks: tuple[str, ...]) -> int:
         validate(cfg, task, args.output or cfg.run.output, args.resume, args.allow_config_change)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         return _fail(stage, str(exc), EXIT_CONFIG_ERROR)
+    from .engine.agreement import PeerFailure
     from .engine.dist import shutdown
     from .engine.trainer import NonFiniteError, run
     try:
         run(cfg, args.output, resume=args.resume, task=task, allow_config_change=args.allow_config_change)
     except NonFiniteError as exc:
         return _fail(stage, str(exc), EXIT_NONFINITE)
+    except PeerFailure as exc:  # another rank's data failed (its log has the traceback): one line here
+        return _fail(stage, str(exc), EXIT_PEER_FAILED)
     except ConfigError as exc:  # found while building the model, e.g. a model.init that does not fit it
         return _fail(stage, str(exc), EXIT_CONFIG_ERROR)
     finally:

@@ -16,7 +16,11 @@ copy a set before changing it.
 """
 from __future__ import annotations
 
+import os
 import pathlib
+import subprocess
+import sys
+from typing import Callable
 
 import pytest
 
@@ -78,3 +82,30 @@ def remove_orphaned_deepspeed_shm():
     for path in SHM_DIR.glob(pattern):
         if path.name not in before and str(path) not in mapped:
             path.unlink(missing_ok=True)
+
+
+def _run_two_ranks(argv: list[str], timeout: int = 150) -> list[subprocess.CompletedProcess]:
+    from ppma_scale.engine.dist import resolve_launch_env
+    port = resolve_launch_env({})["MASTER_PORT"]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, *argv], env=env, cwd=pathlib.Path(__file__).parents[1],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    done = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    finally:
+        for proc in procs:
+            proc.kill()
+    return done
+
+
+@pytest.fixture
+def two_ranks_without_launcher() -> Callable[..., list[subprocess.CompletedProcess]]:
+    """Start `python ARGV...` as ranks 0 and 1 of one job from env:// variables alone, as on the nodes
+    of a DeepSpeed hostfile (pdsh) job: no launcher kills one rank when the other fails."""
+    return _run_two_ranks

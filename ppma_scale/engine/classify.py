@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError
+from .agreement import agreed
 from .dist import DistInfo
 from .evaluate import headline, run_evaluation, score_eval_batches
 from .param_groups import build_param_groups, no_weight_decay_names
@@ -271,7 +272,8 @@ def evaluate_classifier(cfg, dist: DistInfo, predict, out_file: Path, classes: l
     """Multi-view evaluation of `predict(video_uint8) -> logits` on data.val over all ranks."""
     from .data_args import skipped_samples
     stream = views_stream(cfg, dist, cfg.data.val, classes)
-    scored = score_eval_batches(predict, stream, views_per_forward=cfg.train.micro_batch)
+    scored = score_eval_batches(predict, agreed(stream, "reading its evaluation videos", dist.device),
+                                views_per_forward=cfg.train.micro_batch)
     return run_evaluation(scored, len(classes), class_names=classes, out_file=out_file,
                           expected_videos=stream.num_videos, skipped=lambda: skipped_samples(stream.stats()))
 
@@ -305,7 +307,9 @@ class LinearProbeTask(ClassifyTask):
         stream = views_stream(cfg, dist, cfg.data.train, self.label_space())
         _say(dist, f"encoding {stream.num_videos} training videos x {stream.views_per_video} views once with "
                    "the frozen trunk ...")
-        local = extract_features(partial(self._features, model, dist), stream, cfg.train.micro_batch)
+        local = extract_features(partial(self._features, model, dist),
+                                 agreed(stream, "reading its training videos for the feature cache", dist.device),
+                                 cfg.train.micro_batch)
         cache = gather_features(local)
         _say(dist, f"feature cache: {tuple(cache['features'].shape)} (videos, views, dim)")
         self.smoothing = cfg.augment.label_smoothing

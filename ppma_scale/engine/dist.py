@@ -12,9 +12,10 @@ import datetime
 import os
 import socket
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -136,6 +137,25 @@ def exit_rank(code: int) -> NoReturn:
         except (OSError, ValueError):
             pass
     os._exit(code)
+
+
+def run_rank(main: Callable[[], int]) -> NoReturn:
+    """`exit_rank(main())`, also when `main` raises: the traceback is printed as Python would and the
+    rank ends with 1 (a SystemExit keeps its code), so an error path cannot abort in finalisation
+    either and its exit code is the one the launcher and the logs should see."""
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse's usage errors, sys.exit(...) inside main
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = 130
+    except BaseException:  # noqa: BLE001 - printed, then the rank ends with 1
+        traceback.print_exc()
+        code = 1
+    exit_rank(code)
 
 
 def shutdown() -> None:

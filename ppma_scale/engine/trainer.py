@@ -21,6 +21,7 @@ import torch
 
 from ..config import Config, config_to_dict, save_config
 from . import dist as distmod
+from .agreement import agreed
 from .checkpoint import LATEST, Checkpoint, CheckpointManager, capture_rng, restore_rng, set_aside
 from .data_args import skipped_samples
 from .ds_config import build_ds_config
@@ -276,7 +277,7 @@ class _Trainer:
         dtype = _compute_dtype(engine)
         ds_guard = deepspeed_skips_nonfinite(engine)
         peak = self._peak_tflops()
-        batches = iter(stream)
+        batches = agreed(stream, "reading its training batch", dist.device)  # a rank whose data fails stops all
         window, losses = ThroughputWindow(), LossWindow(dist.device)
         nonfinite_run, skipped_total = 0, 0
         last_ckpt: Checkpoint | None = None

@@ -58,6 +58,28 @@ sys.stdout.write("no newline, still buffered")
 exit_rank(7)
 '''
 
+RUN_RANK_SCRIPT = r'''
+import sys
+from pathlib import Path
+from ppma_scale.engine.dist import run_rank
+out, how = Path(sys.argv[1]), sys.argv[2]
+
+class Finalised:
+    def __del__(self):
+        (out / "finalised").write_text("interpreter torn down")
+
+keep = Finalised()
+
+def main():
+    if how == "raise":
+        raise RuntimeError("rank 1 data broke")
+    if how == "usage":
+        sys.exit(2)  # what argparse does on a bad flag
+    return 0
+
+run_rank(main)
+'''
+
 
 def test_exit_rank_runs_exit_handlers_and_flushes_but_skips_finalisation(tmp_path):
     """A launched rank leaves through exit_rank: the exit code, buffered output, exit handlers and
@@ -73,4 +95,20 @@ def test_exit_rank_runs_exit_handlers_and_flushes_but_skips_finalisation(tmp_pat
     assert done.stdout == "no newline, still buffered"
     assert (tmp_path / "atexit").read_text() == "ran"
     assert (tmp_path / "thread").read_text() == "joined"
+    assert not (tmp_path / "finalised").exists()
+
+
+@pytest.mark.parametrize("how, code", [("raise", 1), ("usage", 2), ("ok", 0)])
+def test_run_rank_ends_error_paths_through_exit_rank_too(tmp_path, how, code):
+    """An exception escaping a launch script's main is printed and ends the rank with 1 without
+    interpreter teardown, like a normal end (the failed rank of a job must not abort instead)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", RUN_RANK_SCRIPT, str(tmp_path), how], capture_output=True,
+                          text=True, timeout=60, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == code, done.stderr
+    assert ("RuntimeError: rank 1 data broke" in done.stderr) == (how == "raise")
+    assert "Traceback" in done.stderr if how == "raise" else done.stderr == ""
     assert not (tmp_path / "finalised").exists()

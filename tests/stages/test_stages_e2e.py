@@ -207,6 +207,27 @@ def test_a_resume_takes_keys_left_unset_from_the_run_it_continues(align, tmp_pat
     assert not (tmp_path / "new").exists()
 
 
+def test_an_evaluation_rank_that_reads_nothing_stops_every_rank_with_its_reason(linprobe, tiny_shards, tmp_path,
+                                                                             two_ranks_without_launcher):
+    """Rank 1's half of the test set (the last two shards) is zeroed: that rank reads none of its
+    videos, and rank 0 must stop with rank 1's reason instead of waiting in the gather of results."""
+    import shutil
+    val = tmp_path / "val"
+    shutil.copytree(Path(tiny_shards["downstream_val"]).parent, val)
+    urls = [s["url"] for s in json.loads((val / "manifest.json").read_text())["shards"]]
+    for url in urls[2:]:
+        (val / url).write_bytes(bytes((val / url).stat().st_size))
+    out = tmp_path / "test.json"
+    done = two_ranks_without_launcher([str(REPO / "launch" / "evaluate.py"), str(linprobe[0]), "--out", str(out),
+                                       f"data.val={val / 'manifest.json'}"])
+    assert done[1].returncode == 1 and "evaluation (rank 1) read none of its 4 videos" in done[1].stderr, \
+        done[1].stderr[-3000:]
+    assert done[0].returncode == 4, done[0].stderr[-3000:]
+    assert ("launch/evaluate.py: error: rank 1 failed while reading its evaluation videos: RuntimeError: evaluation "
+            "(rank 1) read none of its 4 videos") in done[0].stderr
+    assert "Traceback" not in done[0].stderr and not out.exists()
+
+
 def test_adaptive_averaging_learns_alpha_and_stores_no_trunk_copies(averaged):
     run_dir, stdout = averaged
     assert stdout.count("averaging source") == 2

@@ -26,7 +26,7 @@ from .checkpoint import LATEST, Checkpoint, CheckpointManager, capture_rng, rest
 from .data_args import skipped_samples
 from .ds_config import build_ds_config
 from .lr_schedule import WarmupCosine, apply_lr, peak_lr
-from .metrics import METRICS_FILE, LossWindow, MetricsLogger, ThroughputWindow, peak_memory_gb, read_jsonl
+from .metrics import EVENTS_FILE, METRICS_FILE, LossWindow, MetricsLogger, ThroughputWindow, peak_memory_gb, read_jsonl
 from .optimizer import build_optimizer, deepspeed_skips_nonfinite, optimizer_step_suppressed, plain_gradients_finite
 from .resume_guard import RESUME_OFF, ResumePlan, marked_tags, past_end_message, plan_resume
 from .signals import StopRequest
@@ -100,29 +100,52 @@ def _compute_dtype(engine) -> torch.dtype:
 
 
 class _Schedule:
-    """Run length in optimizer steps and the lr for each step, from the stream's epoch length."""
+    """Run length in optimizer steps, the lr of each step and the data epoch it is in.
 
-    def __init__(self, cfg: Config, batches_per_epoch: int, world_size: int) -> None:
+    Epochs are counted in batches: with 10 batches per epoch and grad_accum 3 an epoch is 3.33
+    steps (the leftover batch opens the next step), so an `epochs` run reads exactly that many epochs.
+    A resumed run continues its schedule where its data left off: an `epochs` run by data epochs
+    (the checkpoint's `epoch`: on another number of ranks an epoch is another number of steps), a
+    `max_steps` run by steps. Step numbers always continue from the checkpoint's.
+    """
+
+    def __init__(self, cfg: Config, batches_per_epoch: int, world_size: int, start: int = 0,
+                 start_epoch: float | None = None) -> None:
         train, optim = cfg.train, cfg.optim
-        self.steps_per_epoch = batches_per_epoch // train.grad_accum
-        if self.steps_per_epoch < 1:
+        if batches_per_epoch < train.grad_accum:
             raise ValueError(f"an epoch has {batches_per_epoch} batches per rank, fewer than train.grad_accum="
                              f"{train.grad_accum}: use more data, a smaller micro_batch or less accumulation")
-        self.total = train.max_steps if train.max_steps is not None else math.ceil(train.epochs * self.steps_per_epoch)
+        self.steps_per_epoch = batches_per_epoch / train.grad_accum
+        self.start = start
+        self.start_epoch = start / self.steps_per_epoch if start_epoch is None else float(start_epoch)
+        if train.max_steps is not None:
+            length, self.offset = train.max_steps, 0
+        else:
+            length = math.ceil(round(train.epochs * self.steps_per_epoch, 6))
+            self.offset = round(self.start_epoch * self.steps_per_epoch) - start  # 0 unless the ranks changed
+        self.total = length - self.offset  # the step number the run ends at
         warmup = optim.warmup_steps if optim.warmup_steps is not None else round(optim.warmup_epochs * self.steps_per_epoch)
         # The linear scaling rule counts decoded videos, as the MAE family's recipes (base_lr per 256)
         # do: repeated augmentation's extra views of a video do not raise the lr.
         self.global_batch = train.micro_batch * train.grad_accum * world_size
-        self.lr = WarmupCosine(peak=peak_lr(optim.lr, optim.base_lr, optim.lr_ref_batch, self.global_batch),
-                               total_steps=self.total, warmup_steps=min(warmup, self.total), min_lr=optim.min_lr)
+        self._lr = WarmupCosine(peak=peak_lr(optim.lr, optim.base_lr, optim.lr_ref_batch, self.global_batch),
+                                total_steps=length, warmup_steps=min(warmup, length), min_lr=optim.min_lr)
+        self.peak_lr = self._lr.peak
+
+    def lr(self, step: int) -> float:
+        return self._lr(step + self.offset)
 
     def epoch(self, step: int) -> float:
-        return step / self.steps_per_epoch
+        return self.start_epoch + (step - self.start) / self.steps_per_epoch
 
     def eval_due(self, step: int, every_epochs: int) -> bool:
+        """At the end, and at the step that completes every `every_epochs`-th epoch."""
         if step == self.total:
             return True
-        return every_epochs > 0 and step % (every_epochs * self.steps_per_epoch) == 0
+        if every_epochs <= 0:
+            return False
+        done = lambda s: math.floor(self.epoch(s) / every_epochs + 1e-9)  # noqa: E731
+        return done(step) > done(step - 1)
 
 
 def run(cfg: Config, run_dir: str | Path | None = None, resume: str = "auto", task: Task | None = None,
@@ -203,15 +226,14 @@ class _Trainer:
         if ckpt is not None:
             self._load_weights(engine, ckpt, load)
         stream = task.build_train_stream(dist, engine)
-        schedule = _Schedule(cfg, stream.steps_per_epoch, dist.world_size)
-        start = 0
+        start = ckpt.step if ckpt is not None else 0
+        schedule = _Schedule(cfg, stream.steps_per_epoch, dist.world_size, start, plan.meta.get("epoch"))
         if ckpt is not None:
             if ckpt.step > schedule.total:
                 how = (f"train.max_steps={cfg.train.max_steps}" if cfg.train.max_steps is not None else
                        f"train.epochs={cfg.train.epochs} = {schedule.total} steps")
                 raise ValueError(past_end_message(ckpt, schedule.total, how))
             self._restore(ckpt, stream)
-            start = ckpt.step
         if dist.is_main:
             self._write_run_files(plan)
         distmod.barrier()
@@ -224,9 +246,9 @@ class _Trainer:
                       f"{schedule.total} steps); nothing to train. Raise train.max_steps to train on",
                       step=start, total_steps=schedule.total, world_size=dist.world_size)
         else:
-            log.event("start", f"training {schedule.total} optimizer steps ({schedule.steps_per_epoch}/epoch, global "
+            log.event("start", f"training {schedule.total} optimizer steps ({schedule.steps_per_epoch:.4g}/epoch, global "
                       f"batch {schedule.global_batch} videos x {cfg.data.repeat_aug} views, peak lr "
-                      f"{schedule.lr.peak:.3g}) on {dist.world_size} rank(s)"
+                      f"{schedule.peak_lr:.3g}) on {dist.world_size} rank(s)"
                       + (f", from step {start}" if start else ""),
                       step=start, total_steps=schedule.total, world_size=dist.world_size)
         try:
@@ -277,6 +299,11 @@ class _Trainer:
         dtype = _compute_dtype(engine)
         ds_guard = deepspeed_skips_nonfinite(engine)
         peak = self._peak_tflops()
+        if start == schedule.total and task_has_eval(task) and not self._evaluated(start):
+            # stopped (a signal at the last step, or killed during its evaluation) before the final
+            # evaluation: the run is trained, but its result is still owed
+            log.event("eval_pending", f"step {start} was saved but not evaluated: evaluating now", step=start)
+            self._evaluate(engine, start, schedule, dtype, log)
         batches = agreed(stream, "reading its training batch", dist.device)  # a rank whose data fails stops all
         window, losses = ThroughputWindow(), LossWindow(dist.device)
         nonfinite_run, skipped_total = 0, 0
@@ -315,13 +342,13 @@ class _Trainer:
             else:
                 nonfinite_run = 0
                 losses.add(step_loss, step_extras)
-            if step % train.log_every == 0 or step == schedule.total:
+            stop_signal = int(distmod.all_reduce_max(self.stop.signum, dist.device))  # any rank's signal stops all
+            stop_now = stop_signal > 0
+            if step % train.log_every == 0 or step == schedule.total or stop_now:  # a stop logs the steps since the last record
                 if ds_guard:  # read only when logged: it syncs with the device
                     norm = engine.get_global_grad_norm()
                     grad_norm = float(norm) if norm is not None and applied else None
                 self._log(step, lr, grad_norm, losses, skipped_total, window, schedule, stream, log, peak)
-            stop_signal = int(distmod.all_reduce_max(self.stop.signum, dist.device))  # any rank's signal stops all
-            stop_now = stop_signal > 0
             due = (train.ckpt_every and step % train.ckpt_every == 0) or step == schedule.total or stop_now
             if due:
                 last_ckpt = self._save(engine, stream, step, schedule, log)
@@ -375,6 +402,14 @@ class _Trainer:
         ckpt = self.ckpts.save(engine, step, rank_state, meta)
         log.event("checkpoint", None, step=step, path=str(ckpt.path))
         return ckpt
+
+    def _evaluated(self, step: int) -> bool:
+        """Whether events.jsonl records an evaluation at `step` (rank 0 reads it; every rank gets the answer)."""
+        found = None
+        if self.dist.is_main:
+            found = any(e.get("event") == "eval" and e.get("step") == step
+                        for e in read_jsonl(self.run_dir / EVENTS_FILE))
+        return bool(distmod.broadcast_object(found))
 
     def _evaluate(self, engine, step: int, schedule: _Schedule, dtype: torch.dtype, log: MetricsLogger) -> None:
         ctx = StepContext(step=step, micro_step=0, epoch=schedule.epoch(step), dist=self.dist, dtype=dtype,

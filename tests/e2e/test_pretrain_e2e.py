@@ -213,10 +213,17 @@ def test_sigterm_saves_and_exits_zero_then_resumes_on_one_rank(tmp_path, nohuman
     assert 2 <= stopped_at < 400
     assert latest_tag(run_dir) == f"step_{stopped_at:08d}"  # saved at the step it stopped after
 
+    stop_epoch = json.loads((run_dir / "checkpoints" / latest_tag(run_dir) / "ppma_complete.json").read_text())["epoch"]
     done = run(plain_cmd(*common_args(run_dir, nohuman, f"train.max_steps={stopped_at + 2}")))
     assert done.returncode == 0, done.stderr[-5000:]
     assert f"at step {stopped_at} (saved on 2 ranks, now 1)" in done.stdout
     after = losses(run_dir)
     assert sorted(after)[-2:] == [stopped_at + 1, stopped_at + 2] and all(v > 0 for v in after.values())
+    # the data epoch goes on from the checkpoint's; one rank (same micro-batch) covers half as much per step
+    epoch = {r["step"]: r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")}
+    per_step_two_ranks = epoch[stopped_at] - epoch[stopped_at - 1]
+    assert epoch[stopped_at] == pytest.approx(stop_epoch, abs=1e-4)
+    assert epoch[stopped_at + 1] - stop_epoch == pytest.approx(per_step_two_ranks / 2, abs=2e-4)
+    assert epoch[stopped_at + 2] - epoch[stopped_at + 1] == pytest.approx(per_step_two_ranks / 2, abs=2e-4)
     marker = json.loads((run_dir / "checkpoints" / latest_tag(run_dir) / "ppma_complete.json").read_text())
     assert marker["world_size"] == 1 and marker["step"] == stopped_at + 2

@@ -5,7 +5,9 @@ top-1, top-5, mean per-class accuracy and the confusion matrix, as JSON in RUN_D
     python launch/evaluate.py RUN_DIR [data.val=/data/ucf101/test/manifest.json] [data.test_clips=5 ...]
     deepspeed --num_gpus 8 launch/evaluate.py RUN_DIR --checkpoint RUN_DIR/checkpoints/step_00001000
 
-The run's own resolved config (RUN_DIR/config.yaml) is used unless --config names another.
+The resolved config that trained the checkpoint being tested is used (its marker's copy, else the
+run's config file in force when it was saved: config.yaml or a later config.resume-*.yaml), unless
+--config names another.
 """
 import argparse
 import sys
@@ -14,11 +16,28 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout works without `pip install -e`
 
 
+def checkpoint_config(location: str | Path, overrides: list[str]):
+    """The validated config that trained the checkpoint `location` names (a run directory, its
+    checkpoints/ folder or a step_N folder), with `key.sub=value` overrides applied."""
+    import copy
+    from ppma_scale.config import apply_overrides, build_config
+    from ppma_scale.engine.checkpoint import find_checkpoint, read_marker
+    from ppma_scale.engine.resume_guard import saved_config
+    ckpt = find_checkpoint(location, what="checkpoint to evaluate")
+    saved, where = saved_config(ckpt, read_marker(ckpt.path) or {})
+    if saved is None:
+        raise FileNotFoundError(f"found no config for {ckpt.path} (its marker holds none and {where} does not "
+                                "exist): name one with --config")
+    raw, sources = copy.deepcopy(saved), {}
+    apply_overrides(raw, sources, overrides)
+    return build_config(raw, sources)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="launch/evaluate.py", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path, help="the classification run to test")
     parser.add_argument("--checkpoint", default=None, help="checkpoint to test (default: the run's latest)")
-    parser.add_argument("--config", type=Path, default=None, help="config (default: RUN_DIR/config.yaml)")
+    parser.add_argument("--config", type=Path, default=None, help="config (default: the checkpoint's own)")
     parser.add_argument("--out", default=None, help="metrics JSON (default: RUN_DIR/eval/test_<tag>.json)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
@@ -28,8 +47,10 @@ def main(argv: list[str]) -> int:
     from ppma_scale.engine.agreement import PeerFailure
     from ppma_scale.engine.classify import evaluate_checkpoint
     try:
-        cfg = load_config(args.config or args.run_dir / "config.yaml", args.overrides)
-        evaluate_checkpoint(cfg, args.checkpoint or args.run_dir, args.out)
+        source = args.checkpoint or args.run_dir
+        cfg = (load_config(args.config, args.overrides) if args.config
+               else checkpoint_config(source, args.overrides))
+        evaluate_checkpoint(cfg, source, args.out)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"launch/evaluate.py: error: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -193,10 +193,15 @@ def read_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """The merged, not yet validated config (`base:` files, then overrides) and where each dotted key
     was set; split from `load_config` so a resume can fill in keys left `???` before validation."""
     raw, sources = _read_with_bases(Path(path), chain=())
+    apply_overrides(raw, sources, overrides)
+    return raw, sources
+
+
+def apply_overrides(raw: dict, sources: dict[str, str], overrides: list[str] | tuple[str, ...]) -> None:
+    """Set each `key.sub=value` in the nested dict `raw` (in place), recorded as given on the command line."""
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value, sources, COMMAND_LINE)
-    return raw, sources
 
 
 def missing_keys(raw: dict, prefix: str = "") -> list[str]:

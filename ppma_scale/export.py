@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from .engine.checkpoint import Checkpoint, find_checkpoint
 from .cli import run_tool
@@ -51,9 +52,10 @@ def export_checkpoint(source: str | Path, output: str | Path | None = None, dtyp
                 "dtype": dtype, "source": str(ckpt.path)}
     if marker.get("classes"):  # logit i is classes[i]; `ppma-convert --to hf` turns it into id2label
         metadata["classes"] = json.dumps(marker["classes"])
-    config_file = ckpt.root.parent / "config.yaml"
-    if config_file.is_file():
-        metadata["config"] = config_file.read_text()
+    from .engine.resume_guard import saved_config
+    config, _ = saved_config(ckpt, marker)  # this checkpoint's own config (a resume may have changed it)
+    if config is not None:
+        metadata["config"] = yaml.safe_dump(config, sort_keys=False)
     return save_safetensors(state, output, metadata=metadata)
 
 

@@ -186,12 +186,9 @@ def tag_dirs(root: Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(root: Path) -> Checkpoint | None:
-    """What `latest` names, or the newest complete checkpoint when `latest` is missing or stale."""
-    pointer = root / LATEST
-    if pointer.is_file():
-        ckpt = read_checkpoint(root / pointer.read_text().strip())
-        if ckpt is not None:
-            return ckpt
+    """The newest complete checkpoint: the highest `step_N` tag with a marker. `latest` is not trusted
+    (a kill between the marker and the `latest` rewrite leaves it naming an older tag); tags set aside
+    (`step_N.<reason>`) never match. Agrees with resume_guard.newest_intact, which also skips damaged tags."""
     for _, path in reversed(tag_dirs(root)):
         if (ckpt := read_checkpoint(path)) is not None:
             return ckpt

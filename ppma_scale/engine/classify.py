@@ -275,7 +275,8 @@ def evaluate_classifier(cfg, dist: DistInfo, predict, out_file: Path, classes: l
     scored = score_eval_batches(predict, agreed(stream, "reading its evaluation videos", dist.device),
                                 views_per_forward=cfg.train.micro_batch)
     return run_evaluation(scored, len(classes), class_names=classes, out_file=out_file,
-                          expected_videos=stream.num_videos, skipped=lambda: skipped_samples(stream.stats()))
+                          expected_videos=stream.num_videos, skipped=lambda: skipped_samples(stream.stats()),
+                          views_per_video=stream.views_per_video)
 
 
 @register_task("linprobe")

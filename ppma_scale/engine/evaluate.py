@@ -19,9 +19,11 @@ import torch.distributed as dist
 
 @dataclass
 class ViewAccumulator:
-    """Per-video sums of view scores on one rank."""
+    """Per-video sums of view scores on one rank. With `views_per_video` (clips x crops), a video
+    given more views than that (delivered twice on this rank) is an error naming it, not summed."""
 
     num_classes: int
+    views_per_video: int | None = None
     score_sums: dict[int, torch.Tensor] = field(default_factory=dict)
     view_counts: dict[int, int] = field(default_factory=dict)
     labels: dict[int, int] = field(default_factory=dict)
@@ -38,6 +40,9 @@ class ViewAccumulator:
             if index in self.score_sums:
                 if self.labels[index] != label:
                     raise ValueError(f"video {index} has views with labels {self.labels[index]} and {label}")
+                if self.views_per_video is not None and self.view_counts[index] >= self.views_per_video:
+                    raise RuntimeError(f"video {index} got more than {self.views_per_video} views (clips x crops) "
+                                       "on this rank: the eval stream delivered it twice")
                 self.score_sums[index] += scores[row]
                 self.view_counts[index] += 1
             else:
@@ -143,14 +148,17 @@ def score_eval_batches(predict: Callable[[torch.Tensor], torch.Tensor], batches:
 
 def run_evaluation(scored_views: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], num_classes: int,
                    class_names: list[str] | None = None, out_file: str | Path | None = None,
-                   expected_videos: int | None = None, skipped: Callable[[], int] | None = None) -> dict:
+                   expected_videos: int | None = None, skipped: Callable[[], int] | None = None,
+                   views_per_video: int | None = None) -> dict:
     """Merge scored views (see `score_eval_batches`) over ranks into metrics; rank 0 writes `out_file`.
 
     Every rank must call this (the gather is a collective). `expected_videos` is the number of videos
     in the eval manifests; with `skipped()` (this rank's unreadable or undecodable videos) the
-    evaluated and skipped videos must add up to it, or the split lost or repeated videos.
+    evaluated and skipped videos must add up to it, or the split lost or repeated videos. With
+    `views_per_video` (clips x crops; padded rows are already dropped) every video must have exactly
+    that many views.
     """
-    accumulator = ViewAccumulator(num_classes)
+    accumulator = ViewAccumulator(num_classes, views_per_video)
     for logits, labels, index in scored_views:
         accumulator.add(logits, labels, index)
     local = accumulator.local_results()
@@ -160,6 +168,12 @@ def run_evaluation(scored_views: Iterable[tuple[torch.Tensor, torch.Tensor, torc
     metrics = classification_metrics(merged["scores"], merged["label"], num_classes)
     metrics["skipped_videos"] = sum(part["skipped"] for part in parts)
     metrics["views_per_video"] = sorted(set(merged["views"]))
+    if views_per_video is not None:  # checked on the gathered counts, so every rank raises alike
+        wrong = [(i, n) for i, n in zip(merged["index"], merged["views"]) if n != views_per_video]
+        if wrong:
+            listed = ", ".join(f"video {i}: {n}" for i, n in wrong[:10]) + (" ..." if len(wrong) > 10 else "")
+            raise RuntimeError(f"{len(wrong)} video(s) got another number of views than {views_per_video} "
+                               f"(clips x crops): {listed}")
     if expected_videos is not None and metrics["videos"] + metrics["skipped_videos"] != expected_videos:
         raise RuntimeError(f"evaluated {metrics['videos']} videos and skipped {metrics['skipped_videos']}, but "
                            f"the eval manifests hold {expected_videos}")

@@ -219,8 +219,10 @@ class MetricsLogger:
         if not self.is_main:
             return
         step = record["step"]
+        # ETA from the interval between the first logged step and this one: steps first+1..step
+        # ran in that time. The first line has no measured interval yet, so it shows no ETA.
         if self._first_step is None:
-            self._first_step, self._started = step - 1, time.perf_counter()
+            self._first_step, self._started = step, time.perf_counter()
         done = step - self._first_step
         eta = (time.perf_counter() - self._started) / done * (self.total_steps - step) if done > 0 else None
         self._append(METRICS_FILE, record)

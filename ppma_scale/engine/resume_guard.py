@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from ..config import Config, config_to_dict
-from .checkpoint import (LATEST, MARKER, Checkpoint, DamagedCheckpoint, find_checkpoint, latest_checkpoint,
+from .checkpoint import (MARKER, Checkpoint, DamagedCheckpoint, find_checkpoint, latest_checkpoint,
                          read_checkpoint, read_marker, tag_dirs, verify_checkpoint)
 
 ALLOW_FLAG = "--allow-config-change"
@@ -88,15 +88,11 @@ def marked_tags(root: Path) -> list[tuple[int, Path]]:
 
 
 def newest_intact(root: Path) -> tuple[Checkpoint | None, list[tuple[Path, str]]]:
-    """The checkpoint `latest` names, else the newest marked one, that passes the file checks; plus
-    the (tag, reason) of each damaged one tried before it."""
-    candidates: list[Path] = []
-    pointer = root / LATEST
-    if pointer.is_file():
-        name = pointer.read_text().strip()
-        if name and (root / name / MARKER).is_file():
-            candidates.append(root / name)
-    candidates += [p for _, p in reversed(marked_tags(root)) if p not in candidates]
+    """The newest marked `step_N` tag that passes the file checks, plus the (tag, reason) of each
+    damaged one tried before it. `latest` is not consulted: the marker is what says a tag is complete,
+    and a kill between writing it and moving `latest` leaves `latest` naming an older tag. Tags set
+    aside (`step_N.<reason>`) are not `step_N` names, so they are never candidates."""
+    candidates = [p for _, p in reversed(marked_tags(root))]
     damaged = []
     for path in candidates:
         try:
@@ -216,7 +212,9 @@ def _check_length(ckpt: Checkpoint, cfg: Config, meta: dict) -> None:
         epoch = float(meta.get("epoch") or 0)
         if epoch <= 0:
             return
-        total = math.ceil(train.epochs * round(ckpt.step / epoch))
+        # as the trainer counts (steps per epoch need not be whole); it checks again once the stream
+        # is built, where another number of ranks may have changed the steps per epoch
+        total = math.ceil(round(train.epochs * ckpt.step / epoch, 6))
         how = f"train.epochs={train.epochs} = {total} steps"
     if ckpt.step > total:
         raise ValueError(past_end_message(ckpt, total, how))

@@ -50,8 +50,10 @@ def convert(args: argparse.Namespace) -> dict:
     state = load_weights_file(args.input)
     trunk, layout = to_trunk_state_dict(state)
     num_heads = args.num_heads if args.num_heads is not None else num_heads_from_hf_config(args.input)
-    encoder = encoder_from_trunk(trunk, args.num_frames, args.img_size, num_heads, final_norm=args.to == "trunk")
-    report = load_trunk_weights(encoder, trunk, layout, tuple(args.source_grid) if args.source_grid else None)
+    source_grid = tuple(args.source_grid) if args.source_grid else None
+    encoder = encoder_from_trunk(trunk, args.num_frames, args.img_size, num_heads, final_norm=args.to == "trunk",
+                                 source_grid=source_grid)
+    report = load_trunk_weights(encoder, trunk, layout, source_grid)
     if args.to == "trunk":
         save_safetensors({k: v.clone() for k, v in encoder.state_dict().items()}, out, metadata={"format": "pt"})
     else:

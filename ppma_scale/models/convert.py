@@ -311,6 +311,30 @@ def init_trunk_from(encoder: VideoViT, source: str | Path | StateDict,
     return load_trunk_weights(encoder, trunk, layout, source_grid)
 
 
+def _is_sincos_1d(table: torch.Tensor) -> bool:
+    return torch.allclose(table, pe.sincos_flat(table.shape[1], table.shape[-1]), atol=1e-4)
+
+
+def _sincos_3d_grid(table: torch.Tensor, source_grid: Optional[tuple[int, int, int]] = None
+                    ) -> Optional[tuple[int, int, int]]:
+    """The grid a fixed 3-D sin-cos `table` (1, n, dim) was made for, or None. Recognised on any grid
+    it may have had (frames and resolution may both differ from the target), so such a table is
+    regenerated rather than resampled on a guessed grid."""
+    candidates = [tuple(source_grid)] if source_grid else pe.square_grids(table.shape[1])
+    return next((g for g in candidates if torch.allclose(table, pe.sincos_3d(g, table.shape[-1]), atol=1e-4)), None)
+
+
+def pos_embed_kind(table: Optional[torch.Tensor], source_grid: Optional[tuple[int, int, int]] = None) -> str:
+    """What a checkpoint's position table is ('sincos_1d', 'sincos' or 'learned'), whatever grid it was
+    made for: an encoder rebuilt at another clip geometry must regenerate the same kind of table."""
+    if table is None:
+        return "sincos_1d"  # the layouts without a stored table use VideoMAE's fixed 1-D table
+    table = table.detach().float().reshape(1, -1, table.shape[-1])
+    if _is_sincos_1d(table):
+        return "sincos_1d"
+    return "sincos" if _sincos_3d_grid(table, source_grid) else "learned"
+
+
 def _adapt_pos(encoder: VideoViT, table: Optional[torch.Tensor], layout: str,
                source_grid: Optional[tuple[int, int, int]]) -> tuple[torch.Tensor, str]:
     """The position table to load, and what was done to get it."""
@@ -324,14 +348,11 @@ def _adapt_pos(encoder: VideoViT, table: Optional[torch.Tensor], layout: str,
     table = table.detach().float().reshape(1, -1, dim)
     if table.shape[1] == encoder.num_patches:
         return table, "loaded"
-    if torch.allclose(table, pe.sincos_flat(table.shape[1], dim), atol=1e-4):
+    if _is_sincos_1d(table):
         return pe.sincos_flat(encoder.num_patches, dim), f"1-D sin-cos regenerated for {grid}"
-    # A fixed 3-D table is recognised on any grid it may have had (frames and resolution may both
-    # differ), so it is regenerated rather than resampled on a guessed grid.
-    fixed_on = [g for g in ([tuple(source_grid)] if source_grid else pe.square_grids(table.shape[1]))
-                if torch.allclose(table, pe.sincos_3d(g, dim), atol=1e-4)]
+    fixed_on = _sincos_3d_grid(table, source_grid)
     if fixed_on:
-        return pe.sincos_3d(grid, dim), f"3-D sin-cos of grid {fixed_on[0]} regenerated for {grid}"
+        return pe.sincos_3d(grid, dim), f"3-D sin-cos of grid {fixed_on} regenerated for {grid}"
     old_grid = tuple(source_grid) if source_grid else pe.infer_grid(table.shape[1], grid)
     with torch.no_grad():
         return pe.resample(table, old_grid, grid), f"resampled {old_grid} -> {grid}"
@@ -351,8 +372,9 @@ def linear_head_state_dict(sd: StateDict, layout: str) -> Optional[StateDict]:
 
 
 def encoder_from_trunk(trunk: StateDict, num_frames: int, img_size: int, num_heads: Optional[int] = None,
-                       final_norm: bool = True) -> VideoViT:
-    """A VideoViT shaped like the weights in `trunk` (heads from the size table or `num_heads`)."""
+                       final_norm: bool = True, source_grid: Optional[tuple[int, int, int]] = None) -> VideoViT:
+    """A VideoViT shaped like the weights in `trunk` (heads from the size table or `num_heads`; the
+    kind of position table the trunk's, recognised on `source_grid` or any grid its length allows)."""
     from ppma_scale.models.sizes import SIZES, ViTSize
 
     embed_dim, in_chans, tubelet, patch, _ = trunk["patch_embed.proj.weight"].shape
@@ -367,12 +389,7 @@ def encoder_from_trunk(trunk: StateDict, num_frames: int, img_size: int, num_hea
     _check_clip_geometry(embed_dim, tubelet, patch, num_frames, img_size, num_heads)
     size = ViTSize(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, patch_size=patch)
     grid = (num_frames // tubelet, img_size // patch, img_size // patch)
-    table = trunk.get("pos_embed")
-    kind = "sincos_1d"
-    if table is not None and table.numel() == embed_dim * grid[0] * grid[1] * grid[2]:
-        table = table.float().reshape(1, -1, embed_dim)
-        kind = ("sincos_1d" if torch.allclose(table, pe.sincos_flat(table.shape[1], embed_dim), atol=1e-4) else
-                "sincos" if torch.allclose(table, pe.sincos_3d(grid, embed_dim), atol=1e-4) else "learned")
+    kind = pos_embed_kind(trunk.get("pos_embed"), source_grid)
     layer_scale = 1.0 if "blocks.0.ls1.gamma" in trunk else None
     return VideoViT(size, num_frames=num_frames, img_size=img_size, tubelet=tubelet, in_chans=in_chans,
                     qkv_bias="blocks.0.attn.qkv.bias" in trunk, layer_scale=layer_scale, pos_embed=kind,

@@ -343,3 +343,24 @@ def test_a_sincos_table_is_regenerated_when_frames_and_resolution_both_differ():
     report = load_trunk_weights(target, source.state_dict())
     assert report["pos_embed"] == "3-D sin-cos of grid (4, 4, 4) regenerated for (2, 2, 2)"
     torch.testing.assert_close(target.pos_embed, pe.sincos_3d((2, 2, 2), 48))
+
+
+@pytest.mark.parametrize("kind", ["sincos", "learned", "sincos_1d"])
+def test_encoder_rebuilt_at_another_geometry_keeps_the_trunks_kind_of_position_table(kind):
+    """ppma-convert --num-frames/--img-size other than the trunk's: the rebuilt encoder must still
+    regenerate (or resample) the trunk's kind of table, so at the trunk's own geometry it computes
+    what the trunk did (it used to fall back to 1-D sin-cos whenever the table's length differed)."""
+    from ppma_scale.models import VideoViT, resolve_size
+    from ppma_scale.models.convert import encoder_from_trunk, to_trunk_state_dict
+    torch.manual_seed(0)
+    source = VideoViT(resolve_size("tiny"), num_frames=4, img_size=32, pos_embed=kind).eval()
+    if kind == "learned":
+        torch.nn.init.normal_(source.pos_embed, std=0.02)
+    trunk, layout = to_trunk_state_dict(source.state_dict())
+    rebuilt = encoder_from_trunk(trunk, 8, 48, None).eval()
+    assert rebuilt.pos_embed_kind == kind
+    if kind != "learned":  # fixed tables regenerate exactly (a learned one is resampled: not comparable)
+        load_trunk_weights(rebuilt, trunk, layout)
+        clip = torch.randn(1, 3, 4, 32, 32)
+        with torch.no_grad():
+            assert torch.allclose(rebuilt(clip), source(clip), atol=1e-5)

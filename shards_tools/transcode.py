@@ -266,7 +266,7 @@ def _remux(path: Path, settings: EncodeSettings, source_fps: float) -> tuple[byt
     if _first_frame_rotation(path) != 0:
         return None
     _, container_format, _ = CODECS[settings.codec]
-    buffer, times = io.BytesIO(), []
+    buffer, times, keyframes = io.BytesIO(), [], []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         declared = _declared_duration(container, stream)
@@ -275,6 +275,8 @@ def _remux(path: Path, settings: EncodeSettings, source_fps: float) -> tuple[byt
             for packet in container.demux(stream):
                 if packet.dts is None:
                     continue
+                if packet.is_keyframe:
+                    keyframes.append(len(times))
                 times.append(float(packet.pts * packet.time_base) if packet.pts is not None else len(times) / source_fps)
                 packet.stream = out_stream
                 output.mux(packet)
@@ -285,6 +287,8 @@ def _remux(path: Path, settings: EncodeSettings, source_fps: float) -> tuple[byt
         return None  # variable frame rate: re-encode at a constant one
     if declared and len(times) / source_fps < 0.9 * declared - 2.0 / source_fps:
         return None  # fewer packets than declared: let the decoder judge the damage
+    if max(np.diff([*keyframes, len(times)]), default=len(times) + 1) > settings.gop:
+        return None  # keyframes sparser than --gop: every clip read would decode that much further
     if len(times) < settings.min_frames:
         raise Rejected(f"too short: {len(times)} frame(s), fewer than --min-frames {settings.min_frames} "
                        "(a training clip needs that many)")

@@ -96,6 +96,21 @@ def test_copy_keeps_fitting_streams_and_reencodes_the_rest(messy_corpus):
         assert not encode_source(root / source, EncodeSettings(short_side=64, copy=True))[1]["copied"], source
 
 
+def test_copy_reencodes_a_stream_whose_keyframes_are_sparser_than_the_gop(tmp_path, pattern_frames):
+    """A remux keeps the source's keyframes: one every 24 frames would make each clip read decode up
+    to 24 frames from its seek point, where --gop 8 promised at most 8, so such a stream is re-encoded."""
+    sparse, dense = tmp_path / "sparse.mp4", tmp_path / "dense.mp4"
+    sparse.write_bytes(encode_video(pattern_frames(48), 12, gop=24))
+    dense.write_bytes(encode_video(pattern_frames(48), 12, gop=8))
+    settings = EncodeSettings(short_side=48, gop=8, copy=True)
+    assert encode_source(dense, settings)[1]["copied"]
+    data, meta = encode_source(sparse, settings)
+    assert not meta["copied"]
+    with av.open(io.BytesIO(data)) as container:
+        keyframes = [i for i, packet in enumerate(p for p in container.demux(video=0) if p.size) if packet.is_keyframe]
+    assert keyframes == [0, 8, 16, 24, 32, 40]
+
+
 def _write_timed(path, frames, times, fps=12):
     """H.264 with frame i stamped `times[i]` seconds (ms time base), as a VFR or broken recording has."""
     with av.open(str(path), "w") as output:

@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--crf", type=int, default=None, help=f"quality (default {DEFAULT_CRF})")
     group.add_argument("--preset", default="veryfast", help="x264 preset")
     group.add_argument("--min-frames", type=int, default=16, help="reject clips with fewer output frames")
-    group.add_argument("--copy", action="store_true", help="keep the source stream when it already fits")
+    group.add_argument("--copy", action="store_true", help="keep the source stream when it already fits "
+                       "(codec, 8-bit 4:2:0, size, frame rate, and keyframes at least every --gop frames)")
     group.add_argument("--frames-fps", type=float, default=25.0, help="frame rate of JPEG-frame folders")
     group = parser.add_argument_group("shards")
     group.add_argument("--max-samples", type=int, default=1000, help="samples per shard at most")

@@ -130,8 +130,23 @@ class PyAVDecoder:
             try:
                 out.append(decode_pyav(clip.data, clip.indices, self.threads))
             except DecodeError as exc:
-                out.append(exc)
+                out.append(without_tracebacks(exc))
         return out
+
+
+def without_tracebacks(exc: BaseException) -> BaseException:
+    """`exc` with its traceback (and those of the exceptions it chains to) dropped, so it can be kept
+    as a result. Kept with them, it is a reference cycle (result list -> traceback -> the frame that
+    holds the list) that also holds PyAV's codec context; left to the cycle collector, it may be freed
+    first in a DataLoader worker forked later, whose copy then waits forever in avcodec_free_context
+    for decoder threads that exist only in the parent (seen in tests/data/test_maindecode_failures.py)."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return exc
 
 
 def dali_available() -> bool:

@@ -89,7 +89,7 @@ class TrainStream:
         items: Iterator[dict[str, Any]] = iter(loader)
         if self.ctx.decode_in_main:
             decode = MainProcessDecoder(self.decoder, self.ctx.layout.batch, self.device, self.ctx.augment)
-            items = run_ahead(items, decode, depth=max(1, self.prefetch))
+            items = run_ahead(decode.batches(items), depth=max(1, self.prefetch))
         pending: dict[int, dict[str, Any]] = {}
         for item in items:
             pending[item.pop("__step__")] = item

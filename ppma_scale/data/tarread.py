@@ -33,22 +33,23 @@ class _LocalShard:
         self.truncated = False
         size = os.path.getsize(path)
         self.handle = open(path, "rb")
+        cut: str | None = None  # key of the sample whose file the end cuts, when known
         try:
             with tarfile.open(fileobj=self.handle, mode="r:") as tar:
                 for member in tar:
                     if not member.isreg() or member.name.startswith("__"):
                         continue
-                    if member.offset_data + member.size > size:
-                        self.truncated = True
-                        break
                     key, ext = _split(member.name)
+                    if member.offset_data + member.size > size:
+                        self.truncated, cut = True, key
+                        break
                     if not self.samples or self.samples[-1][0] != key:
                         self.samples.append((key, {}))
                     self.samples[-1][1][ext] = (member.offset_data, member.size)
         except tarfile.ReadError:
             self.truncated = True  # a header cut short: keep the samples read so far
-        if self.truncated and self.samples:
-            self.samples.pop()  # the last sample may miss its later files
+        if self.truncated and self.samples and cut in (None, self.samples[-1][0]):
+            self.samples.pop()  # cut inside it, or unknown where: the last sample may miss its later files
 
     def read(self, index: int) -> Sample | None:
         if index >= len(self.samples):

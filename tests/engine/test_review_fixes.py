@@ -5,9 +5,7 @@ Runs that need training use the real trainer + DeepSpeed on ToyTask, one rank, i
 (helpers/review_fixes_worker.py).
 """
 import importlib.util
-import json
 import shutil
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -21,6 +19,7 @@ from ppma_scale.engine.checkpoint import (LATEST, MARKER, DamagedCheckpoint, fin
                                           latest_checkpoint, tag_for)
 from ppma_scale.engine.dist import DistInfo
 from ppma_scale.engine.evaluate import ViewAccumulator, run_evaluation
+from ppma_scale.engine.metrics import read_jsonl
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from toy_task import toy_config  # noqa: E402
@@ -33,15 +32,10 @@ SOLO = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), 
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, run_worker):
     out = tmp_path_factory.mktemp("review_fixes")
-    done = subprocess.run([sys.executable, str(WORKER), str(out)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return out, json.loads((out / "outcomes.json").read_text())
+    return out, run_worker(WORKER, out)
 
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 # 1. ETA ------------------------------------------------------------------------------------------

@@ -5,14 +5,12 @@ continues by data epochs), then the real trainer on ToyTask (helpers/schedule_wo
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ppma_scale.config import build_config
+from ppma_scale.engine.metrics import read_jsonl
 from ppma_scale.engine.trainer import _Schedule
 
 WORKER = Path(__file__).parent / "helpers" / "schedule_worker.py"
@@ -51,15 +49,10 @@ def test_a_resume_on_other_ranks_keeps_a_max_steps_run_in_steps():
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
+def outcomes(tmp_path_factory, run_worker):
     out = tmp_path_factory.mktemp("schedule")
-    done = subprocess.run([sys.executable, str(WORKER), str(out)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return out, json.loads((out / "outcomes.json").read_text())
+    return out, run_worker(WORKER, out)
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_the_trainer_reads_every_epoch_asked_for_under_accumulation(outcomes):

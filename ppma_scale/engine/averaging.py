@@ -159,6 +159,13 @@ class AveragedTrunk(nn.Module):
     def forward(self, *args, **kwargs):
         return self._call("forward", args, kwargs)
 
+    def train(self, mode: bool = True) -> "AveragedTrunk":
+        """Also switch the template, which runs every forward but is outside the module tree: left
+        in training mode, its drop path stayed on in every evaluation of the blend."""
+        super().train(mode)
+        self._template[0].train(mode)
+        return self
+
     def __getattr__(self, name: str):
         """Attributes the trunk exposes (`embed_dim`, `grid`, `num_patches`, ...) read through."""
         try:

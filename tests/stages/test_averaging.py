@@ -219,3 +219,22 @@ def test_adaptive_averaging_refuses_the_same_trunk_twice(tmp_path):
     task = build_task(demo_blend_config(paths[0], paths[1]))
     task.classes = ["a", "b"]
     assert task.build_model(cpu) is not None  # two different trunks blend
+
+
+def test_eval_mode_reaches_the_blended_trunk_so_drop_path_is_off_in_evaluation():
+    """The template that runs the blend is outside the module tree: `eval()` on the model holding
+    the AveragedTrunk must still switch it (it stayed in training mode, so drop path kept dropping
+    blocks in every evaluation of an averaged model)."""
+    from ppma_scale.models import VideoClassifier, VideoViT, resolve_size
+    torch.manual_seed(0)
+    size = resolve_size("tiny")
+    states = [VideoViT(size, num_frames=4, img_size=32, drop_path=0.5).state_dict() for _ in range(2)]
+    trunk = AveragedTrunk(VideoViT(size, num_frames=4, img_size=32, drop_path=0.5), states)
+    model = VideoClassifier(trunk, num_classes=3).eval()
+    clip = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        first, second = model(clip), model(clip)
+    torch.testing.assert_close(first, second)  # no random depth left
+    model.train()
+    with torch.no_grad():
+        assert not torch.equal(model(clip), model(clip))  # and it is back on for training

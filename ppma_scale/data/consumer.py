@@ -10,6 +10,7 @@ manifest gives its label id stops the run (when labels are trained on): the mani
 from __future__ import annotations
 
 import json
+import os
 import signal
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -266,8 +267,22 @@ class _Consumer:
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: SLURM's preemption warning (`--signal=USR1@...`) reaches every
-    process of a job step, and SIGUSR1's default action would kill the worker that the ranks' last
-    step before saving still needs. SIGTERM keeps its default: it is how a worker is stopped when its
-    rank exits."""
+    """DataLoader `worker_init_fn`: leave stop signals to the rank, which finishes its step, saves,
+    and then shuts its workers down.
+
+    SLURM's `--signal=USR1@...` / `--signal=TERM@...`, `scancel`, a launcher stopping its process
+    tree (DeepSpeed's, torchrun's) and Ctrl-C all signal the workers too. By default SIGUSR1 and
+    SIGTERM would kill a worker and SIGINT end its loop, and the rank, which still needs batches for
+    the step it finishes before saving, would then fail without saving. So SIGUSR1 and SIGINT are
+    ignored here, and SIGTERM is ignored while the worker's rank lives; once the rank is gone, a
+    SIGTERM ends the worker as it would have."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    rank_pid = os.getppid()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if os.getppid() != rank_pid:  # orphaned: nobody will shut this worker down
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)

@@ -227,3 +227,26 @@ def test_sigterm_saves_and_exits_zero_then_resumes_on_one_rank(tmp_path, nohuman
     assert epoch[stopped_at + 2] - epoch[stopped_at + 1] == pytest.approx(per_step_two_ranks / 2, abs=2e-4)
     marker = json.loads((run_dir / "checkpoints" / latest_tag(run_dir) / "ppma_complete.json").read_text())
     assert marker["world_size"] == 1 and marker["step"] == stopped_at + 2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_to_the_whole_process_group_workers_included_saves(tmp_path, nohuman, sig):
+    """SLURM's --signal=TERM, scancel, a launcher stopping its process tree and Ctrl-C reach the
+    DataLoader workers too. They must leave the stop to their rank, which still needs them for the
+    step it finishes before saving (a worker killed by the signal used to end the run unsaved)."""
+    run_dir = tmp_path / "group_stop"
+    proc = subprocess.Popen(plain_cmd(*common_args(run_dir, nohuman, "train.max_steps=400", "train.ckpt_every=0",
+                                                   "data.num_workers=2")),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=child_env(),
+                            start_new_session=True)  # its own process group: the rank and its workers
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    assert len(psutil.Process(proc.pid).children()) == 2, "expected the rank's two data workers"
+    os.killpg(proc.pid, sig)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output[-5000:]
+    stop = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "stop"]
+    assert len(stop) == 1 and stop[0]["signal"] == sig.name
+    assert latest_tag(run_dir) == f"step_{stop[0]['step']:08d}"

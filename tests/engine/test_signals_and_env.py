@@ -7,7 +7,7 @@ from ppma_scale.engine.dist import resolve_launch_env
 from ppma_scale.engine.signals import StopRequest
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
 def test_stop_request_records_the_signal_and_restores_handlers(sig):
     before = signal.getsignal(sig)
     stop = StopRequest()
@@ -16,6 +16,17 @@ def test_stop_request_records_the_signal_and_restores_handlers(sig):
     assert stop.requested and stop.signal_name == sig.name
     stop.close()
     assert signal.getsignal(sig) == before
+
+
+def test_a_first_ctrl_c_requests_a_stop_and_a_second_aborts():
+    before = signal.getsignal(signal.SIGINT)
+    stop = StopRequest()
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.requested and stop.signal_name == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+    stop.close()
+    assert signal.getsignal(signal.SIGINT) == before
 
 
 def test_launch_env_plain_process_is_a_world_of_one():

@@ -134,7 +134,7 @@ class ClassifyTask(Task):
         else:
             model = build_classifier(cfg.model, frames, size, num_classes, head=self.head)
             if self.resume_from is not None:
-                _say(dist, f"resuming: every weight comes from the checkpoint {self.resume_from}"
+                _say(dist, f"every weight comes from the checkpoint {self.resume_from}"
                      + (f"; model.init ({cfg.model.init}) is not read" if cfg.model.init else ""))
             elif cfg.model.init:
                 from .pretrained import init_trunk
@@ -356,6 +356,7 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None
     ckpt = find_checkpoint(checkpoint, what="checkpoint to evaluate")
     cfg.model.init = None  # the checkpoint holds the whole model
     task = build_task(cfg)
+    task.resume_from = ckpt.path  # so the model is not announced as starting from random weights
     if not task.check_checkpoint_record(read_marker(ckpt.path) or {}, ckpt.path):
         print(f"WARNING: {ckpt.path} records no class names (saved before they were recorded): its logits are "
               "read in the order of this config's label space, which must be the run's own", file=sys.stderr,

@@ -137,6 +137,14 @@ def test_evaluate_launcher_reproduces_the_runs_own_test(linprobe):
     assert standalone["mean_class_acc"] == pytest.approx(in_training["mean_class_acc"])
 
 
+def test_evaluating_a_classification_run_says_where_its_weights_come_from(align, tmp_path):
+    run_dir, _ = align
+    done = run_python(str(REPO / "launch" / "evaluate.py"), str(run_dir), "--out", str(tmp_path / "test.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "every weight comes from the checkpoint" in done.stdout
+    assert "random weights" not in done.stdout  # it used to say so, then load the checkpoint
+
+
 def run_python(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=180, cwd=REPO,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

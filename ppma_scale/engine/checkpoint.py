@@ -312,7 +312,11 @@ class CheckpointManager:
         same_layout = ckpt.world_size == self.dist.world_size and ckpt.zero_stage == zero_stage
         if same_layout or not partitioned:
             return ckpt.root, ckpt.tag, False
-        target = ckpt.path / UNIVERSAL
+        if ckpt.root.resolve() == self.root.resolve():
+            load_dir, tag = ckpt.path, UNIVERSAL  # beside the run's own checkpoint, made once
+        else:  # another run's checkpoint: never write into it (it may be read-only, or someone else's)
+            load_dir, tag = self.root.parent / UNIVERSAL, ckpt.tag
+        target = load_dir / tag
         if self.dist.is_main and not (target / MARKER).is_file():
             error = convert_to_universal(ckpt.path, target)
         else:
@@ -320,7 +324,7 @@ class CheckpointManager:
         error = broadcast_object(error)
         if error:
             raise RuntimeError(error)
-        return ckpt.path, UNIVERSAL, True
+        return load_dir, tag, True
 
     def load_rank_states(self, ckpt: Checkpoint, ranks: Iterable[int]) -> list[dict[str, Any]]:
         """The saved per-rank states of `ranks` (plain data and tensors: no pickled code is run)."""

@@ -170,6 +170,7 @@ class _Trainer:
         self.dist = distmod.init_distributed(cfg.train.dist_timeout_s)
         self.ckpts = CheckpointManager(run_dir / "checkpoints", self.dist, cfg.train.keep_last)
         self._set_aside: list[tuple[Path, str | None]] = []  # (new path, why damaged / None) of tags moved aside
+        self._config_written: Path | None = None  # config.resume-*.yaml written for a changed resume (rank 0)
 
     # ---- set-up -------------------------------------------------------------------------------
     def _build_engine(self, ckpt: Checkpoint | None):
@@ -268,7 +269,8 @@ class _Trainer:
         if ckpt is None or not first.exists():
             save_config(self.cfg, first)
         elif plan.changes:
-            save_config(self.cfg, run_dir / f"config.resume-{ckpt.tag}.yaml")
+            self._config_written = run_dir / f"config.resume-{ckpt.tag}.yaml"
+            save_config(self.cfg, self._config_written)
         (run_dir / "ds_config.json").write_text(json.dumps(self.ds_config, indent=1))  # what DeepSpeed got
         moved = [(set_aside(path, "damaged"), reason) for path, reason in plan.damaged if path.exists()]
         moved += [(set_aside(path, f"after-{ckpt.tag}"), None) for path in plan.abandoned if path.exists()]
@@ -287,8 +289,10 @@ class _Trainer:
                           "was moved aside (kept, not deleted)", path=str(path))
         if plan.changes:
             listed = "; ".join(str(c) for c in plan.changes)
-            log.event("config_change", f"config changed since {ckpt.tag}: {listed} (written to "
-                      f"config.resume-{ckpt.tag}.yaml; config.yaml keeps the first)",
+            where = (f"written to {self._config_written.name}; config.yaml keeps the first" if self._config_written
+                     else "this run's config.yaml holds the new config")
+            log.event("config_change", f"config changed since {ckpt.tag}: {listed} ({where})",
+                      config_file=(self._config_written or self.run_dir / "config.yaml").name,
                       changes=[{"key": c.key, "old": c.old, "new": c.new, "kind": c.kind} for c in plan.changes])
         log.event("resume", f"resuming from {ckpt.path} at step {ckpt.step} (saved on {ckpt.world_size} ranks, "
                   f"now {self.dist.world_size})", step=ckpt.step, checkpoint=str(ckpt.path))

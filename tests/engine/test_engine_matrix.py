@@ -72,7 +72,12 @@ def test_resume_with_another_zero_stage(matrix):
     assert outcome["error"] is None and outcome["step"] == 6
     events = read_jsonl(matrix / "z2_to_z1" / "events.jsonl")
     assert [e["step"] for e in events if e["event"] == "resume"] == [4]
-    assert (matrix / "z2_fp32" / "checkpoints" / "step_00000004" / "universal" / "ppma_complete.json").is_file()
+    (change,) = [e for e in events if e["event"] == "config_change"]  # zero_stage 2 -> 1, max_steps 4 -> 6
+    assert change["config_file"] == "config.yaml"  # a new run holds the new config in its own config.yaml
+    assert not list((matrix / "z2_to_z1").glob("config.resume-*"))
+    # converted into the resuming run's folder: the run it started from is only read
+    assert (matrix / "z2_to_z1" / "universal" / "step_00000004" / "ppma_complete.json").is_file()
+    assert not (matrix / "z2_fp32" / "checkpoints" / "step_00000004" / "universal").exists()
     refused = json.loads((matrix / "z2_to_z3.json").read_text())
     assert "saved with ZeRO-2; resuming it with train.zero_stage=3 is not supported" in refused["error"]
     assert not (matrix / "z2_to_z3").exists()  # refused before anything was written

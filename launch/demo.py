@@ -148,7 +148,7 @@ def loss_fall(run_dir: Path, share: float = 0.1) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--data", type=Path, default=Path("demo_data"), help="where corpora and shards go")
     parser.add_argument("--runs", type=Path, default=Path("runs/demo"), help="where run directories go")
     parser.add_argument("--ranks", type=int, default=2, help="CPU ranks (deepspeed --num_gpus)")

@@ -112,7 +112,7 @@ def run_after_stage1(data_dir: Path, runs: Path, ranks: int, mae_dir: Path) -> s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--data", type=Path, default=Path("demo_data"), help="where corpora and shards go")
     parser.add_argument("--runs", type=Path, default=Path("runs/demo"), help="where run directories go")
     parser.add_argument("--ranks", type=int, default=2, help="CPU ranks (deepspeed --num_gpus)")

@@ -34,7 +34,7 @@ def checkpoint_config(location: str | Path, overrides: list[str]):
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="launch/evaluate.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="launch/evaluate.py", description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("run_dir", type=Path, help="the classification run to test")
     parser.add_argument("--checkpoint", default=None, help="checkpoint to test (default: the run's latest)")
     parser.add_argument("--config", type=Path, default=None, help="config (default: the checkpoint's own)")

@@ -61,7 +61,8 @@ def _drop_unshared_final_norms(states: list[dict]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ppma_scale.average", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ppma_scale.average", description=__doc__.split("\n")[0],
+                                     allow_abbrev=False)
     parser.add_argument("inputs", nargs="+", help="run directories, checkpoint folders or weights files")
     parser.add_argument("--out", "--output", required=True, help="safetensors file to write")
     parser.add_argument("--weights", type=float, nargs="+", default=None,

@@ -31,7 +31,7 @@ class LaunchArgs:
 
 def parse_launch_args(argv: list[str], stage: str) -> LaunchArgs:
     parser = argparse.ArgumentParser(
-        prog=f"launch/{stage}.py",
+        prog=f"launch/{stage}.py", allow_abbrev=False,
         description=f"Run the {stage} stage. Works under `deepspeed`, `torchrun`, `srun` or as a plain process.",
         epilog="Example: deepspeed --num_gpus 8 launch/pretrain.py --config configs/vitl.yaml "
                "data.train=/data/nohuman/manifest.json train.micro_batch=16")

@@ -24,7 +24,7 @@ from ppma_scale.models.hf_export import num_heads_from_hf_config
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ppma-convert", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="ppma-convert", description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("input", help="checkpoint file or Hugging Face model directory")
     parser.add_argument("output", help="output .safetensors file (--to trunk) or directory (--to hf)")
     parser.add_argument("--to", choices=("trunk", "hf"), default="trunk")

@@ -60,7 +60,8 @@ def export_checkpoint(source: str | Path, output: str | Path | None = None, dtyp
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ppma_scale.export", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ppma_scale.export", description=__doc__.split("\n")[0],
+                                     allow_abbrev=False)
     parser.add_argument("run_dir", help="a run directory, its checkpoints/ folder, or one step_N checkpoint")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--output", default=None, help="file to write (default RUN_DIR/export/step_N.safetensors)")

@@ -256,26 +256,40 @@ def pack(source: str | Path, output: str | Path, *, root: str | Path | None = No
     return manifest
 
 
+class _DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Append "(default: X)" only where the help text does not already state its default, and never
+    "(default: None)" (a None default means "not given": the help says what happens then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is argparse.SUPPRESS or "(default" in text or \
+                isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):  # a flag: off unless given
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ppma-pack", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=_DefaultsOnceFormatter, allow_abbrev=False)
     parser.add_argument("source", type=Path, help="split file (`path;label`), CSV (path,label|label_name) or class folders")
     parser.add_argument("--output", "-o", type=Path, required=True, help="folder for the shards and manifest.json")
     parser.add_argument("--root", type=Path, default=None, help="folder the listed paths are relative to "
                         "(default: the split file's folder)")
     parser.add_argument("--classes", type=Path, default=None, help="class-names file, one per line (line = label id)")
-    parser.add_argument("--format", dest="input_format", choices=FORMATS, default="auto")
+    parser.add_argument("--format", dest="input_format", choices=FORMATS, default="auto",
+                        help="how SOURCE lists the clips (auto: by its suffix / being a folder)")
     parser.add_argument("--dataset", default=None, help="dataset name in the manifest (default: output folder name)")
     group = parser.add_argument_group("encoding")
     group.add_argument("--codec", choices=("h264", "vp9"), default="h264",
                        help="h264: NVDEC on GPUs; vp9: also decodable by DALI on a CPU")
-    group.add_argument("--short-side", type=int, default=320)
+    group.add_argument("--short-side", type=int, default=320, help="scale clips to this shorter side in pixels")
     group.add_argument("--upscale", action="store_true", help="also scale sources smaller than --short-side up")
     group.add_argument("--fps", type=float, default=None, help="resample to this frame rate (default: keep)")
     group.add_argument("--max-duration", type=float, default=None, help="keep at most this many seconds")
     group.add_argument("--gop", type=int, default=EncodeSettings.gop,
                        help="keyframe interval in frames (short: cheaper seeks, long: smaller shards)")
-    group.add_argument("--crf", type=int, default=None, help=f"quality (default {DEFAULT_CRF})")
+    group.add_argument("--crf", type=int, default=None, help="quality, lower is better (default: "
+                       + ", ".join(f"{crf} for {codec}" for codec, crf in DEFAULT_CRF.items()) + ")")
     group.add_argument("--preset", default="veryfast", help="x264 preset")
     group.add_argument("--min-frames", type=int, default=16, help="reject clips with fewer output frames")
     group.add_argument("--copy", action="store_true", help="keep the source stream when it already fits "

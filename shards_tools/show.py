@@ -116,7 +116,7 @@ def show(manifest_path: str | Path, output: str | Path, key: str | None = None, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ppma-show", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ppma-show", description=__doc__, allow_abbrev=False)
     parser.add_argument("manifest", type=Path, help="manifest.json or the folder holding it")
     parser.add_argument("--output", "-o", type=Path, default=Path("sample.png"))
     parser.add_argument("--key", default=None, help="sample key (default: pick by --index)")

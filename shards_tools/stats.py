@@ -150,7 +150,7 @@ def plot_stats(stats: dict[str, Any], path: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ppma-stats", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ppma-stats", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("manifest", type=Path, help="manifest.json or the folder holding it")
     parser.add_argument("--plot", type=Path, default=None, help="also write the distributions to this PNG")
     args = parser.parse_args(argv)

@@ -206,7 +206,7 @@ def render_corpus(kind: str, out_dir: str | Path, num_classes: int = 8, clips_pe
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ppma-synth", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ppma-synth", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--classes", type=int, default=8, help=f"number of action classes (max {len(CLASS_NAMES)})")

@@ -12,6 +12,7 @@ import argparse
 import io
 import json
 import os
+import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from ppma_scale.cli import run_tool
 
 EXPECTED_FIELDS = {"__key__", "__url__", "cls", "json"}
 LABEL_NAME_MISMATCH = "label name differs from the manifest"
+NOT_DECODED = "clip does not decode"
 
 
 @dataclass
@@ -77,7 +79,7 @@ def _check_sample(sample: dict, classes: list[str], decode: bool) -> tuple[list[
     try:
         frames, width, height = _decode_count(sample[videos[0]])
     except (av.error.FFmpegError, IndexError) as exc:
-        return problems + [f"clip does not decode: {exc}"], 0
+        return problems + [f"{NOT_DECODED}: {exc}"], 0
     if frames != meta.get("frames"):
         problems.append(f"decoded {frames} frames, json says {meta.get('frames')}")
     if (width, height) != (meta.get("width"), meta.get("height")):
@@ -170,8 +172,27 @@ def verify(manifest_path: str | Path, workers: int | None = None, decode: bool =
     return problems
 
 
+def decode_summary(problems: list[str]) -> str:
+    """The decoding part of the summary line: how many clips failed to decode (or decoded to other
+    frames / size than their json), and "every clip decoded" only when that is true."""
+    failed = sum(f": {NOT_DECODED}: " in p for p in problems)
+    otherwise = len({p.split(": decoded ")[0] for p in problems  # one per clip, frames and size alike
+                     if ": sample " in p and ": decoded " in p and ", json says " in p})
+    unread = len({p.split(":")[0] for p in problems if ": sample " not in p and
+                  re.search(r": (file is missing|unreadable tar after|holds \d+ samples, manifest says)", p)})
+    parts = []
+    if failed:
+        parts.append(f"{failed} clip(s) failed to decode")
+    if otherwise:
+        parts.append(f"{otherwise} clip(s) decoded to other frames/size than their json")
+    if unread:
+        parts.append(f"{unread} shard(s) missing or not read to the end (their clips unchecked)")
+    return ", " + ", ".join(parts) if parts else ", every clip decoded"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ppma-verify", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ppma-verify", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
     parser.add_argument("manifest", type=Path, help="manifest.json or the folder holding it")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--no-decode", action="store_true", help="check files and metadata only")
@@ -184,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             print(problem)
         status = "FAILED" if problems else "OK"
         print(f"{status}: {len(manifest.shards)} shards, {manifest.num_samples} samples, {len(problems)} problem(s)"
-              + ("" if args.no_decode else ", every clip decoded"), file=sys.stderr)
+              + ("" if args.no_decode else decode_summary(problems)), file=sys.stderr)
         return 1 if problems else 0
     return run_tool("ppma-verify", work)
 

@@ -148,11 +148,13 @@ def save_safetensors(tensors: StateDict, path: str | Path, metadata: Optional[di
     """Write `tensors` to `path` atomically: a temporary file in the same folder, renamed over `path`
     once complete, so a failed or interrupted write never leaves a half-written (or emptied) file."""
     from safetensors.torch import save_file
+    from ppma_scale.atomic import give_plain_mode
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         save_file(tensors, str(temp), metadata=metadata)
+        give_plain_mode(temp)  # safetensors writes through mkstemp: 0o600, unreadable to colleagues
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)

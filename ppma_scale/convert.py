@@ -6,7 +6,8 @@
 IN is a checkpoint file (.safetensors, .pt/.pth/.bin) or a Hugging Face model directory in one of
 the layouts of `ppma_scale.models.convert` (ours, VideoMAE v1/v2, OmniMAE/PPMA, transformers).
 The trunk is rebuilt for --num-frames x --img-size clips (position tables adapted), so the
-output fits the clip geometry you train or evaluate at.
+output fits the clip geometry you train or evaluate at; by default the clips of the run an
+`ppma-export` file came from (its metadata records the config), else 16 x 224.
 """
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from typing import Optional, Sequence
 
 from ppma_scale.cli import refuse_overwriting_inputs, run_tool
 from ppma_scale.models.convert import (encoder_from_trunk, export_hf, linear_head_state_dict, load_trunk_weights,
-                                       load_weights_file, recorded_class_names, save_safetensors,
-                                       to_trunk_state_dict)
+                                       load_weights_file, recorded_class_names, recorded_clip_geometry,
+                                       save_safetensors, to_trunk_state_dict)
 from ppma_scale.models.hf_export import num_heads_from_hf_config
+
+DEFAULT_CLIP = (16, 224)  # frames, pixels: the paper's clips, for inputs that do not record theirs
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -28,8 +31,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("input", help="checkpoint file or Hugging Face model directory")
     parser.add_argument("output", help="output .safetensors file (--to trunk) or directory (--to hf)")
     parser.add_argument("--to", choices=("trunk", "hf"), default="trunk")
-    parser.add_argument("--num-frames", type=int, default=16)
-    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--num-frames", type=int, default=None,
+                        help="clip length to rebuild for (default: the exported run's, else 16)")
+    parser.add_argument("--img-size", type=int, default=None,
+                        help="clip size to rebuild for (default: the exported run's, else 224)")
     parser.add_argument("--num-heads", type=int, default=None,
                         help="needed when width x depth is not in the size table (a Hugging Face folder's "
                              "config.json gives it)")
@@ -49,6 +54,10 @@ def convert(args: argparse.Namespace) -> dict:
                               [args.input])
     state = load_weights_file(args.input)
     trunk, layout = to_trunk_state_dict(state)
+    recorded = recorded_clip_geometry(args.input)  # a ppma-export file knows its run's clips
+    default_frames, default_size = recorded or DEFAULT_CLIP
+    args.num_frames = args.num_frames if args.num_frames is not None else default_frames
+    args.img_size = args.img_size if args.img_size is not None else default_size
     num_heads = args.num_heads if args.num_heads is not None else num_heads_from_hf_config(args.input)
     source_grid = tuple(args.source_grid) if args.source_grid else None
     encoder = encoder_from_trunk(trunk, args.num_frames, args.img_size, num_heads, final_norm=args.to == "trunk",
@@ -69,6 +78,8 @@ def convert(args: argparse.Namespace) -> dict:
         export_hf(model, out, id2label, allow_pos_mismatch=args.allow_pos_mismatch,
                   override_hint="pass --allow-pos-mismatch")
         report["head"] = "exported" if head is not None else "none (trunk only)"
+    report["clip"] = f"{args.num_frames} frames x {args.img_size} px" + (
+        " (the exported run's)" if recorded == (args.num_frames, args.img_size) else "")
     report["output"] = str(args.output)
     return report
 

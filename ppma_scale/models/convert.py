@@ -51,16 +51,34 @@ def load_weights_file(path: str | Path) -> StateDict:
     return merged
 
 
+def _recorded_metadata(path: str | Path) -> dict[str, str]:
+    """The safetensors metadata of a single weights file (`ppma-export` writes the run's config and
+    class names there); empty for other files."""
+    files = weights_files(path)
+    if len(files) != 1 or check_weights_file(files[0]) != "safetensors":
+        return {}
+    from safetensors import safe_open
+    with safe_open(str(files[0]), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
 def recorded_class_names(path: str | Path) -> list[str] | None:
     """The class names a weights file carries (`ppma-export` of a classification run writes them in
     its safetensors metadata, logit order); None when it records none."""
-    files = weights_files(path)
-    if len(files) != 1 or check_weights_file(files[0]) != "safetensors":
-        return None
-    from safetensors import safe_open
-    with safe_open(str(files[0]), framework="pt") as handle:
-        text = (handle.metadata() or {}).get("classes")
+    text = _recorded_metadata(path).get("classes")
     return json.loads(text) if text else None
+
+
+def recorded_clip_geometry(path: str | Path) -> tuple[int, int] | None:
+    """(num_frames, img_size) of the run a weights file was exported from (its recorded config's
+    data section); None when it records none."""
+    import yaml
+    text = _recorded_metadata(path).get("config")
+    try:
+        data = (yaml.safe_load(text) or {}).get("data") or {} if text else {}
+        return int(data["num_frames"]), int(data["img_size"])
+    except (yaml.YAMLError, AttributeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def weights_files(path: str | Path) -> list[Path]:

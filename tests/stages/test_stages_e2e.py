@@ -183,6 +183,21 @@ def test_class_names_travel_from_the_run_to_the_hugging_face_config(align, tmp_p
     assert config["label2id"][classes[-1]] == len(classes) - 1
 
 
+def test_convert_rebuilds_an_exported_run_for_its_own_clips_by_default(align, tmp_path, capsys):
+    """An exported file records its run's config: converting it needs no --num-frames/--img-size
+    (they defaulted to 16 x 224 whatever the run trained on)."""
+    from ppma_scale.convert import main as convert_main
+    from ppma_scale.export import export_checkpoint
+    run_dir, _ = align
+    cfg = load_config(run_dir / "config.yaml")
+    exported = export_checkpoint(run_dir, tmp_path / "aligned.safetensors")
+    assert convert_main([str(exported), str(tmp_path / "hf"), "--to", "hf", "--num-heads", "2",
+                         "--allow-pos-mismatch"]) == 0, capsys.readouterr().err
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (config["num_frames"], config["image_size"]) == (cfg.data.num_frames, cfg.data.img_size) != (16, 224)
+    assert "(the exported run's)" in capsys.readouterr().out
+
+
 def test_resume_refuses_a_label_space_in_another_order(linprobe, tiny_shards, tmp_path):
     import shutil
     run_dir = tmp_path / "linprobe"

@@ -297,6 +297,15 @@ class LinearProbeTask(ClassifyTask):
         if self.caches_features() and (aug.mixup > 0 or aug.cutmix > 0 or aug.erase_prob > 0 or aug.randaugment):
             raise ValueError("the linear probe caches one pass of features, so per-step augmentation cannot apply: "
                              "set augment.randaugment=null augment.erase_prob=0 augment.mixup=0 augment.cutmix=0")
+        if self.caches_features():  # said now, not after the whole feature pass (FeatureStream checks again)
+            from ..data.shards import open_sources
+            from .dist import resolve_launch_env
+            data, batch = self.cfg.data, self.cfg.train.micro_batch
+            sets, _ = open_sources(data.train, allow_pipe=data.allow_pipe, classes=data.classes, require_labels=True)
+            videos, world = sum(sum(s.counts) for s in sets), int(resolve_launch_env()["WORLD_SIZE"])
+            if videos < world * batch:
+                raise ValueError(f"the linear probe's training data holds {videos} videos, fewer than one global "
+                                 f"batch ({world} ranks x train.micro_batch {batch}); lower train.micro_batch")
 
     def build_train_stream(self, dist: DistInfo, engine: nn.Module) -> TrainStream:
         if not self.caches_features():

@@ -80,8 +80,11 @@ def read_trunk(path: str | Path) -> TrunkSource:
         trunk, layout = to_trunk_state_dict(full)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
-    kept = {f"encoder.{k}" for k in trunk} | set(trunk) | {f"trunk.{k}" for k in trunk}
-    dropped = sorted(k for k in full if k not in kept)
+    if layout == "hf":  # renamed and q/k/v merged on the way in: every videomae.* tensor is the trunk's
+        dropped = sorted(k for k in full if not k.removeprefix("module.").startswith("videomae."))
+    else:
+        kept = {f"encoder.{k}" for k in trunk} | set(trunk) | {f"trunk.{k}" for k in trunk}
+        dropped = sorted(k for k in full if k not in kept)
     return TrunkSource(path=str(path), state=trunk, layout=layout, dropped=dropped)
 
 

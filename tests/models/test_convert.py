@@ -364,3 +364,13 @@ def test_encoder_rebuilt_at_another_geometry_keeps_the_trunks_kind_of_position_t
         clip = torch.randn(1, 3, 4, 32, 32)
         with torch.no_grad():
             assert torch.allclose(rebuilt(clip), source(clip), atol=1e-5)
+
+
+def test_a_hugging_face_folder_reports_only_its_head_as_dropped(tmp_path, hf_classifier):
+    """model.init=<HF folder>: the trunk's videomae.* tensors are renamed on the way in, so only the
+    classifier head is left out (every tensor used to be listed as dropped, the trunk included)."""
+    from ppma_scale.engine.pretrained import read_trunk
+    hf_classifier.save_pretrained(tmp_path / "hf")
+    source = read_trunk(tmp_path / "hf")
+    assert source.layout == "hf" and {k.split(".")[0] for k in source.dropped} == {"classifier", "fc_norm"}
+    assert "dropped 4 non-trunk tensors (classifier, fc_norm)" in source.describe()

@@ -198,6 +198,16 @@ def test_convert_rebuilds_an_exported_run_for_its_own_clips_by_default(align, tm
     assert "(the exported run's)" in capsys.readouterr().out
 
 
+def test_a_linear_probe_batch_larger_than_its_data_is_refused_before_the_feature_pass(align, tiny_shards, tmp_path):
+    out = tmp_path / "probe"
+    done = run_python(str(REPO / "launch" / "linprobe.py"), "--config", str(DEMO / "linprobe_test.yaml"), "--output",
+                      str(out), f"model.init={align[0]}", f"data.train={tiny_shards['downstream_train']}",
+                      f"data.val={tiny_shards['downstream_val']}", "train.micro_batch=64")
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "holds 16 videos, fewer than one global batch (1 ranks x train.micro_batch 64)" in done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
+
+
 def test_resume_refuses_a_label_space_in_another_order(linprobe, tiny_shards, tmp_path):
     import shutil
     run_dir = tmp_path / "linprobe"

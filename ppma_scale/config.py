@@ -16,11 +16,9 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from .config_files import ConfigError, DuplicateKeyError, load_yaml, read_with_bases
+
 MISSING_VALUE = "???"  # a YAML value that must be filled in by a child config or the command line
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased for the person who wrote the config."""
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -192,7 +190,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 def read_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, dict[str, str]]:
     """The merged, not yet validated config (`base:` files, then overrides) and where each dotted key
     was set; split from `load_config` so a resume can fill in keys left `???` before validation."""
-    raw, sources = _read_with_bases(Path(path), chain=())
+    raw, sources = read_with_bases(Path(path))
     apply_overrides(raw, sources, overrides)
     return raw, sources
 
@@ -260,101 +258,12 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override {item!r} has an empty key")
     try:
-        value = _load_yaml(text) if text.strip() else ""
+        value = load_yaml(text) if text.strip() else ""
     except DuplicateKeyError as exc:
         raise ConfigError(f"override {item!r}: {exc}") from None
     except yaml.YAMLError:
         value = text
     return key, value
-
-
-class DuplicateKeyError(yaml.YAMLError):
-    """A mapping that names the same key twice (PyYAML would silently keep the last copy)."""
-
-    def __init__(self, key: Any, first_line: int, second_line: int) -> None:
-        super().__init__(f"key {key!r} is written twice (lines {first_line} and {second_line}); "
-                         "YAML keeps only the last copy, so merge the two")
-        self.key, self.first_line, self.second_line = key, first_line, second_line
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key written twice in any mapping at any depth."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *anchor` merges are allowed to be overridden
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            try:
-                if key in seen:
-                    raise DuplicateKeyError(key, seen[key], line)
-                seen[key] = line
-            except TypeError:  # an unhashable key: PyYAML reports it itself
-                continue
-        return super().construct_mapping(node, deep)
-
-
-def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_UniqueKeyLoader)
-
-
-def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> tuple[dict, dict[str, str]]:
-    path = path.expanduser()
-    if not path.is_file():
-        where = f" (named as base: by {chain[-1]})" if chain else ""
-        raise FileNotFoundError(f"config file {path} does not exist{where}")
-    resolved = path.resolve()
-    if resolved in chain:
-        loop = " -> ".join(str(p) for p in (*chain, resolved))
-        raise ConfigError(f"config inheritance loops: {loop}")
-    try:
-        data = _load_yaml(path.read_text()) or {}
-    except DuplicateKeyError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections, not {type(data).__name__}")
-    merged: dict = {}
-    sources: dict[str, str] = {}
-    for base in _base_paths(data.pop("base", None), path):
-        base_raw, base_sources = _read_with_bases(path.parent / base, (*chain, resolved))
-        _deep_merge(merged, base_raw)
-        sources.update(base_sources)
-    _deep_merge(merged, data)
-    for key in _dotted_keys(data):
-        sources[key] = str(path)
-    return merged, sources
-
-
-def _base_paths(bases: Any, path: Path) -> list[str]:
-    """The files `base:` names: one path or a list of paths (relative to `path`'s folder)."""
-    if bases is None:
-        return []
-    listed = [bases] if isinstance(bases, str) else bases
-    if not isinstance(listed, list) or not all(isinstance(b, str) and b.strip() for b in listed):
-        raise ConfigError(f"base: in {path} must be a config file path or a list of them, got {bases!r}")
-    return listed
-
-
-def _deep_merge(into: dict, new: dict) -> None:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_merge(into[key], value)
-        else:
-            into[key] = value
-
-
-def _dotted_keys(data: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        keys.append(dotted)
-        if isinstance(value, dict):
-            keys.extend(_dotted_keys(value, dotted + "."))
-    return keys
 
 
 def _set_dotted(raw: dict, key: str, value: Any, sources: dict[str, str], source: str) -> None:

@@ -47,6 +47,7 @@ class ClassifyTask(Task):
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
         self.classes: list[str] | None = None
+        self.train_videos = 0  # in the training manifests (known once label_space() has read them)
         self.averaged_from: list[str] = []
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -87,8 +88,9 @@ class ClassifyTask(Task):
         if self.classes is None:
             from ..data.shards import open_sources
             data = self.cfg.data
-            _, self.classes = open_sources(data.train, allow_pipe=data.allow_pipe, classes=data.classes,
-                                           require_labels=True)
+            sets, self.classes = open_sources(data.train, allow_pipe=data.allow_pipe, classes=data.classes,
+                                              require_labels=True)
+            self.train_videos = sum(sum(s.counts) for s in sets)
             wanted = self.cfg.model.num_classes
             if wanted is not None and wanted != len(self.classes):
                 raise ValueError(f"model.num_classes is {wanted} but the training data's label space has "
@@ -298,14 +300,13 @@ class LinearProbeTask(ClassifyTask):
             raise ValueError("the linear probe caches one pass of features, so per-step augmentation cannot apply: "
                              "set augment.randaugment=null augment.erase_prob=0 augment.mixup=0 augment.cutmix=0")
         if self.caches_features():  # said now, not after the whole feature pass (FeatureStream checks again)
-            from ..data.shards import open_sources
             from .dist import resolve_launch_env
-            data, batch = self.cfg.data, self.cfg.train.micro_batch
-            sets, _ = open_sources(data.train, allow_pipe=data.allow_pipe, classes=data.classes, require_labels=True)
-            videos, world = sum(sum(s.counts) for s in sets), int(resolve_launch_env()["WORLD_SIZE"])
-            if videos < world * batch:
-                raise ValueError(f"the linear probe's training data holds {videos} videos, fewer than one global "
-                                 f"batch ({world} ranks x train.micro_batch {batch}); lower train.micro_batch")
+            self.label_space()  # reads the training manifests (once)
+            batch, world = self.cfg.train.micro_batch, int(resolve_launch_env()["WORLD_SIZE"])
+            if self.train_videos < world * batch:
+                raise ValueError(f"the linear probe's training data holds {self.train_videos} videos, fewer than "
+                                 f"one global batch ({world} ranks x train.micro_batch {batch}); lower "
+                                 "train.micro_batch")
 
     def build_train_stream(self, dist: DistInfo, engine: nn.Module) -> TrainStream:
         if not self.caches_features():

@@ -408,7 +408,6 @@ def encoder_from_trunk(trunk: StateDict, num_frames: int, img_size: int, num_hea
         num_heads = rows[0].num_heads
     _check_clip_geometry(embed_dim, tubelet, patch, num_frames, img_size, num_heads)
     size = ViTSize(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, patch_size=patch)
-    grid = (num_frames // tubelet, img_size // patch, img_size // patch)
     kind = pos_embed_kind(trunk.get("pos_embed"), source_grid)
     layer_scale = 1.0 if "blocks.0.ls1.gamma" in trunk else None
     return VideoViT(size, num_frames=num_frames, img_size=img_size, tubelet=tubelet, in_chans=in_chans,

@@ -12,10 +12,9 @@ import argparse
 import io
 import json
 import os
-import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import av
@@ -31,6 +30,24 @@ EXPECTED_FIELDS = {"__key__", "__url__", "cls", "json"}
 LABEL_NAME_MISMATCH = "label name differs from the manifest"
 NOT_DECODED = "clip does not decode"
 
+# Problem kinds the summary line counts; every other finding is OTHER.
+UNDECODED, DECODED_OTHERWISE, UNREAD, RENAMED, OTHER = "undecoded", "decoded otherwise", "unread", "renamed", "other"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: where (shard file name, sample key) and what; `kind` lets the summary count
+    findings without parsing their text. str() is the line ppma-verify prints."""
+
+    text: str
+    kind: str = OTHER
+    shard: str | None = None
+    sample: str | None = None
+
+    def __str__(self) -> str:
+        where = (f"{self.shard}: " if self.shard else "") + (f"sample {self.sample}: " if self.sample else "")
+        return where + self.text
+
 
 @dataclass
 class ShardReport:
@@ -38,7 +55,7 @@ class ShardReport:
     samples: int = 0
     frames: int = 0
     keys: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
 
 
 def _decode_count(data: bytes) -> tuple[int, int, int]:
@@ -53,52 +70,54 @@ def _decode_count(data: bytes) -> tuple[int, int, int]:
     return frames, width, height
 
 
-def _check_sample(sample: dict, classes: list[str], decode: bool) -> tuple[list[str], int]:
+def _check_sample(sample: dict, classes: list[str], decode: bool) -> tuple[list[Problem], int]:
+    """The sample's problems (without their shard and key, which the caller knows) and its frames."""
     problems = []
     extra = set(sample) - EXPECTED_FIELDS - set(SAMPLE_VIDEO_EXTENSIONS)
     videos = [ext for ext in SAMPLE_VIDEO_EXTENSIONS if ext in sample]
     if len(videos) != 1:
-        problems.append(f"expected one clip field (mp4 or webm), found {videos or 'none'}")
+        problems.append(Problem(f"expected one clip field (mp4 or webm), found {videos or 'none'}"))
     if extra:
-        problems.append(f"unexpected fields {sorted(extra)}")
+        problems.append(Problem(f"unexpected fields {sorted(extra)}"))
     for name in ("cls", "json"):
         if name not in sample:
-            problems.append(f"missing .{name}")
+            problems.append(Problem(f"missing .{name}"))
     if problems:
         return problems, 0
     try:
         meta = json.loads(sample["json"])
         label = int(sample["cls"])
     except ValueError as exc:
-        return [f"unparsable cls/json: {exc}"], 0
+        return [Problem(f"unparsable cls/json: {exc}")], 0
     if not isinstance(meta, dict):
-        return [f"json is {type(meta).__name__}, not an object"], 0
+        return [Problem(f"json is {type(meta).__name__}, not an object")], 0
     problems.extend(_label_problems(label, meta, classes))
     if not decode:
         return problems, int(meta.get("frames", 0))
     try:
         frames, width, height = _decode_count(sample[videos[0]])
     except (av.error.FFmpegError, IndexError) as exc:
-        return problems + [f"{NOT_DECODED}: {exc}"], 0
+        return problems + [Problem(f"{NOT_DECODED}: {exc}", UNDECODED)], 0
     if frames != meta.get("frames"):
-        problems.append(f"decoded {frames} frames, json says {meta.get('frames')}")
+        problems.append(Problem(f"decoded {frames} frames, json says {meta.get('frames')}", DECODED_OTHERWISE))
     if (width, height) != (meta.get("width"), meta.get("height")):
-        problems.append(f"decoded {width}x{height}, json says {meta.get('width')}x{meta.get('height')}")
+        problems.append(Problem(f"decoded {width}x{height}, json says {meta.get('width')}x{meta.get('height')}",
+                                DECODED_OTHERWISE))
     return problems, frames
 
 
-def _label_problems(label: int, meta: dict, classes: list[str]) -> list[str]:
+def _label_problems(label: int, meta: dict, classes: list[str]) -> list[Problem]:
     """The label id within the classes, the same in cls and json, and named as the manifest names it."""
     problems = []
     inside = 0 <= label < len(classes)
     if not inside:
-        problems.append(f"label {label} outside the {len(classes)} classes")
+        problems.append(Problem(f"label {label} outside the {len(classes)} classes"))
     if meta.get("label") != label:
-        problems.append(f"cls says {label}, json says {meta.get('label')}")
+        problems.append(Problem(f"cls says {label}, json says {meta.get('label')}"))
     name = meta.get("label_name")
     if inside and name is not None and name != classes[label]:
-        problems.append(f"{LABEL_NAME_MISMATCH}: json names label {label} {name!r}, "
-                        f"the manifest's classes[{label}] is {classes[label]!r}")
+        problems.append(Problem(f"{LABEL_NAME_MISMATCH}: json names label {label} {name!r}, "
+                                f"the manifest's classes[{label}] is {classes[label]!r}", RENAMED))
     return problems
 
 
@@ -108,12 +127,12 @@ def verify_shard(url: str, samples: int, size: int, sha256: str, classes: list[s
     report = ShardReport(url)
     name = os.path.basename(url)
     if not os.path.isfile(url):
-        report.problems.append(f"{name}: file is missing")
+        report.problems.append(Problem("file is missing", UNREAD, name))
         return report
     if size and os.path.getsize(url) != size:
-        report.problems.append(f"{name}: {os.path.getsize(url)} bytes, manifest says {size}")
+        report.problems.append(Problem(f"{os.path.getsize(url)} bytes, manifest says {size}", shard=name))
     if sha256 and sha256_file(Path(url)) != sha256:
-        report.problems.append(f"{name}: sha256 differs from the manifest (file changed or damaged)")
+        report.problems.append(Problem("sha256 differs from the manifest (file changed or damaged)", shard=name))
     try:
         for sample in iter_samples(url):
             key = sample["__key__"]
@@ -121,16 +140,17 @@ def verify_shard(url: str, samples: int, size: int, sha256: str, classes: list[s
             report.keys.append(key)
             problems, frames = _check_sample(sample, classes, decode)
             report.frames += frames
-            report.problems.extend(f"{name}: sample {key}: {p}" for p in problems)
+            report.problems.extend(replace(p, shard=name, sample=key) for p in problems)
     except Exception as exc:  # noqa: BLE001 - a damaged tar is a finding, not a crash
-        report.problems.append(f"{name}: unreadable tar after {report.samples} samples: {type(exc).__name__}: {exc}")
+        report.problems.append(Problem(f"unreadable tar after {report.samples} samples: {type(exc).__name__}: {exc}",
+                                       UNREAD, name))
     if report.samples != samples:
-        report.problems.append(f"{name}: holds {report.samples} samples, manifest says {samples}")
+        report.problems.append(Problem(f"holds {report.samples} samples, manifest says {samples}", UNREAD, name))
     return report
 
 
 def verify(manifest_path: str | Path, workers: int | None = None, decode: bool = True,
-           progress: bool = True) -> list[str]:
+           progress: bool = True) -> list[Problem]:
     """All problems found in the shard set (empty list = healthy)."""
     manifest = load_manifest(manifest_path)
     workers = workers or default_workers()
@@ -153,33 +173,32 @@ def verify(manifest_path: str | Path, workers: int | None = None, decode: bool =
     for report in reports:
         for key in report.keys:
             if "." in key:
-                problems.append(f"{os.path.basename(report.url)}: key {key!r} contains a dot")
+                problems.append(Problem(f"key {key!r} contains a dot", shard=os.path.basename(report.url)))
             if key in seen:
-                problems.append(f"key {key!r} appears in {os.path.basename(seen[key])} and "
-                                f"{os.path.basename(report.url)}")
+                problems.append(Problem(f"key {key!r} appears in {os.path.basename(seen[key])} and "
+                                        f"{os.path.basename(report.url)}"))
             seen[key] = report.url
-    renamed = sum(LABEL_NAME_MISMATCH in p for p in problems)
+    renamed = sum(p.kind == RENAMED for p in problems)
     if renamed:
-        problems.append(f"{renamed} samples' label_name differ from the manifest's class list: the manifest's "
-                        f"`classes` {manifest.classes[:6]} does not match these shards (copied from another pack?)")
+        problems.append(Problem(f"{renamed} samples' label_name differ from the manifest's class list: the "
+                                f"manifest's `classes` {manifest.classes[:6]} does not match these shards "
+                                "(copied from another pack?)"))
     declared = manifest.totals.get("samples")
     if declared is not None and declared != manifest.num_samples:
-        problems.append(f"manifest totals say {declared} samples, its shards list {manifest.num_samples}")
+        problems.append(Problem(f"manifest totals say {declared} samples, its shards list {manifest.num_samples}"))
     if decode and "frames" in manifest.totals and problems == [] and \
             sum(r.frames for r in reports) != manifest.totals["frames"]:
-        problems.append(f"decoded {sum(r.frames for r in reports)} frames, manifest totals say "
-                        f"{manifest.totals['frames']}")
+        problems.append(Problem(f"decoded {sum(r.frames for r in reports)} frames, manifest totals say "
+                                f"{manifest.totals['frames']}"))
     return problems
 
 
-def decode_summary(problems: list[str]) -> str:
+def decode_summary(problems: list[Problem]) -> str:
     """The decoding part of the summary line: how many clips failed to decode (or decoded to other
     frames / size than their json), and "every clip decoded" only when that is true."""
-    failed = sum(f": {NOT_DECODED}: " in p for p in problems)
-    otherwise = len({p.split(": decoded ")[0] for p in problems  # one per clip, frames and size alike
-                     if ": sample " in p and ": decoded " in p and ", json says " in p})
-    unread = len({p.split(":")[0] for p in problems if ": sample " not in p and
-                  re.search(r": (file is missing|unreadable tar after|holds \d+ samples, manifest says)", p)})
+    failed = sum(p.kind == UNDECODED for p in problems)
+    otherwise = len({(p.shard, p.sample) for p in problems if p.kind == DECODED_OTHERWISE})  # frames and size alike
+    unread = len({p.shard for p in problems if p.kind == UNREAD})
     parts = []
     if failed:
         parts.append(f"{failed} clip(s) failed to decode")

@@ -76,13 +76,16 @@ def test_verify_summary_counts_clips_that_do_not_decode(tiny_shards, tmp_path, c
 
 
 def test_verify_summary_does_not_vouch_for_clips_it_could_not_read():
-    problems = ["shard-000001.tar: unreadable tar after 2 samples: ReadError: unexpected end of data",
-                "shard-000001.tar: holds 2 samples, manifest says 4",
-                "shard-000002.tar: sample k7: decoded 20 frames, json says 24",
-                "shard-000002.tar: sample k7: decoded 64x40, json says 64x48"]
+    Problem = verify_module.Problem
+    problems = [Problem("unreadable tar after 2 samples: ReadError: unexpected end of data", "unread", "shard-000001.tar"),
+                Problem("holds 2 samples, manifest says 4", "unread", "shard-000001.tar"),
+                Problem("decoded 20 frames, json says 24", "decoded otherwise", "shard-000002.tar", "k7"),
+                Problem("decoded 64x40, json says 64x48", "decoded otherwise", "shard-000002.tar", "k7"),
+                Problem("decoded 20 frames, json says 24", "decoded otherwise", "shard-000003.tar", "k7")]
     assert verify_module.decode_summary(problems) == (
-        ", 1 clip(s) decoded to other frames/size than their json"
+        ", 2 clip(s) decoded to other frames/size than their json"
         ", 1 shard(s) missing or not read to the end (their clips unchecked)")
+    assert str(problems[2]) == "shard-000002.tar: sample k7: decoded 20 frames, json says 24"
     assert verify_module.decode_summary([]) == ", every clip decoded"
 
 

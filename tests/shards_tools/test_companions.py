@@ -46,7 +46,7 @@ def test_verify_passes_a_healthy_set_and_finds_damage(tiny_shards, tmp_path, cap
     assert f"{first.name}: sha256 differs from the manifest" in out
     assert f"{second.name}: file is missing" in out
     problems = verify_module.verify(damaged, workers=1, decode=False, progress=False)
-    assert sum("sha256" in p for p in problems) == 1
+    assert sum("sha256" in str(p) for p in problems) == 1
 
 
 def test_verify_catches_metadata_that_lies(tiny_shards, tmp_path):
@@ -57,7 +57,7 @@ def test_verify_catches_metadata_that_lies(tiny_shards, tmp_path):
     manifest.shards[0].samples += 1
     manifest.save(edited)
     problems = verify_module.verify(edited, workers=1, progress=False)
-    assert any("holds 4 samples, manifest says 5" in p for p in problems)
+    assert any("holds 4 samples, manifest says 5" in str(p) for p in problems)
 
 
 def test_stats_counts_and_plot(tiny_shards, tmp_path, capsys):

@@ -29,10 +29,10 @@ def test_verify_reports_a_class_list_that_does_not_match_the_samples(tiny_shards
     manifest.classes = list(reversed(manifest.classes))  # as if copied from a pack with another class order
     manifest.save(swapped)
     problems = verify_module.verify(swapped, workers=1, decode=False, progress=False)
-    mismatched = [p for p in problems if "label name differs from the manifest" in p]
+    mismatched = [str(p) for p in problems if "label name differs from the manifest" in str(p)]
     assert len(mismatched) == manifest.num_samples  # 4 classes reversed: every name moves
     assert "json names label 0 'wave', the manifest's classes[0] is 'walk'" in "\n".join(mismatched)
-    assert any("does not match these shards" in p for p in problems)
+    assert any("does not match these shards" in str(p) for p in problems)
     capsys.readouterr()
     assert verify_module.main([str(swapped), "--workers", "1", "--quiet", "--no-decode"]) == 1
 

@@ -13,16 +13,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli import refuse_overwriting_inputs, run_tool
+from .cli import refuse_overwriting_inputs, refuse_replacing_outputs, run_tool
 from .engine.averaging import average_state_dicts, check_distinct, check_same_layout, check_weights
 
 
 def average_files(inputs: list[str], out: str | Path, weights: list[float] | None = None,
-                  trunk_only: bool = False) -> Path:
+                  trunk_only: bool = False, overwrite: bool = False) -> Path:
     """Average the checkpoints `inputs` (uniformly unless `weights`) into the safetensors file `out`.
 
     Everything that can be checked before reading the (possibly large) inputs is: their number, the
-    weights, and that `out` is none of them.
+    weights, that `out` is none of them, and that it does not exist unless `overwrite`.
     """
     from .engine.pretrained import read_state_dict, read_trunk
     from .models.convert import save_safetensors
@@ -34,6 +34,7 @@ def average_files(inputs: list[str], out: str | Path, weights: list[float] | Non
         except ValueError as exc:
             raise ValueError(f"--weights: {exc}") from None
     refuse_overwriting_inputs([out], inputs)
+    refuse_replacing_outputs([out], overwrite)
     states = [read_trunk(path).state if trunk_only else read_state_dict(path) for path in inputs]
     if trunk_only:
         states = _drop_unshared_final_norms(states)
@@ -68,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=float, nargs="+", default=None,
                         help="one non-negative weight per input, summing to 1 (default: uniform)")
     parser.add_argument("--trunk", action="store_true", help="average only the trunks (drop decoders/heads)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
     args = parser.parse_args(argv)
     def work() -> int:
-        print(average_files(args.inputs, args.out, args.weights, args.trunk))
+        print(average_files(args.inputs, args.out, args.weights, args.trunk, args.overwrite))
         return 0
     return run_tool("average", work)
 

@@ -131,6 +131,15 @@ def refuse_overwriting_inputs(outputs: Sequence[str | Path], inputs: Sequence[st
                 raise ValueError(f"the output {output} would overwrite the input {source}: write to another path")
 
 
+def refuse_replacing_outputs(outputs: Sequence[str | Path], overwrite: bool) -> None:
+    """Raise ValueError when a file a tool would write is already there and `overwrite` was not
+    given: weights a user exported or averaged earlier are not replaced without being asked."""
+    existing = [str(Path(output).expanduser()) for output in outputs if Path(output).expanduser().exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
+                         "write to another path, or pass --overwrite to replace it")
+
+
 def _same_file(a: Path, b: Path) -> bool:
     if a.resolve() == b.resolve():
         return True

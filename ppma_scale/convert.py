@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ppma_scale.cli import refuse_overwriting_inputs, run_tool
+from ppma_scale.cli import refuse_overwriting_inputs, refuse_replacing_outputs, run_tool
 from ppma_scale.models.convert import (encoder_from_trunk, export_hf, linear_head_state_dict, load_trunk_weights,
                                        load_weights_file, recorded_class_names, recorded_clip_geometry,
                                        save_safetensors, to_trunk_state_dict)
@@ -42,6 +42,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="token grid of the checkpoint's learned position table, if it cannot be inferred")
     parser.add_argument("--allow-pos-mismatch", action="store_true",
                         help="export to hf even though the trunk's position table is not VideoMAE's")
+    parser.add_argument("--overwrite", action="store_true", help="replace an output that already exists")
     return parser.parse_args(argv)
 
 
@@ -50,8 +51,9 @@ def convert(args: argparse.Namespace) -> dict:
     from ppma_scale.models.heads import VideoClassifier
 
     out = Path(args.output)
-    refuse_overwriting_inputs([out] if args.to == "trunk" else [out / "model.safetensors", out / "config.json"],
-                              [args.input])
+    written = [out] if args.to == "trunk" else [out / "model.safetensors", out / "config.json"]
+    refuse_overwriting_inputs(written, [args.input])
+    refuse_replacing_outputs(written, args.overwrite)
     state = load_weights_file(args.input)
     trunk, layout = to_trunk_state_dict(state)
     recorded = recorded_clip_geometry(args.input)  # a ppma-export file knows its run's clips

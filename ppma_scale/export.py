@@ -1,6 +1,6 @@
 """Consolidated weights from a run's checkpoint, as one safetensors file (no pickle, any ZeRO stage).
 
-    python -m ppma_scale.export RUN_DIR [--checkpoint PATH] [--dtype fp32|bf16] [--output FILE]
+    python -m ppma_scale.export RUN_DIR|CHECKPOINT [--dtype fp32|bf16] [--output FILE] [--overwrite]
 
 ZeRO 1/2/3 checkpoints (and bf16 ones, whose fp32 master weights sit in per-rank optimizer files)
 are merged with DeepSpeed's `get_fp32_state_dict_from_zero_checkpoint`; a ZeRO-0 fp32 checkpoint
@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from .engine.checkpoint import Checkpoint, find_checkpoint
-from .cli import run_tool
+from .cli import refuse_replacing_outputs, run_tool
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -36,18 +36,18 @@ def consolidated_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().float().contiguous() for name, tensor in state.items()}
 
 
-def export_checkpoint(source: str | Path, output: str | Path | None = None, dtype: str = "fp32") -> Path:
-    """Write the weights of the checkpoint `source` names (run dir, checkpoints/ or step_N) to safetensors."""
+def export_checkpoint(source: str | Path, output: str | Path | None = None, dtype: str = "fp32",
+                      overwrite: bool = False) -> Path:
+    """Write the weights of the checkpoint `source` names (run dir, checkpoints/ or step_N) to
+    safetensors; an existing output is replaced only with `overwrite` (checked before the merge)."""
     from .models.convert import save_safetensors
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     ckpt = find_checkpoint(source, what="export source")
+    output = Path(output) if output is not None else ckpt.root.parent / "export" / f"{ckpt.tag}.safetensors"
+    refuse_replacing_outputs([output], overwrite)
     state = {k: v.to(DTYPES[dtype]) for k, v in consolidated_state_dict(ckpt).items()}
     marker = json.loads((ckpt.path / "ppma_complete.json").read_text())
-    if output is None:
-        run_dir = ckpt.root.parent
-        output = run_dir / "export" / f"{ckpt.tag}.safetensors"
-    output = Path(output)
     metadata = {"format": "ppma_scale", "task": str(marker.get("task", "")), "step": str(ckpt.step),
                 "dtype": dtype, "source": str(ckpt.path)}
     if marker.get("classes"):  # logit i is classes[i]; `ppma-convert --to hf` turns it into id2label
@@ -65,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", help="a run directory, its checkpoints/ folder, or one step_N checkpoint")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--output", default=None, help="file to write (default RUN_DIR/export/step_N.safetensors)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the output if it already exists")
     args = parser.parse_args(argv)
     def work() -> int:
-        print(export_checkpoint(args.run_dir, args.output, args.dtype))
+        print(export_checkpoint(args.run_dir, args.output, args.dtype, args.overwrite))
         return 0
     return run_tool("export", work)
 

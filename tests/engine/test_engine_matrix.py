@@ -125,6 +125,17 @@ def test_export_writes_safetensors_the_models_load(matrix, case, dtype, tmp_path
     assert report["loaded"] > 10 and not report["filled"]
 
 
+def test_export_keeps_an_earlier_export_unless_told_to_replace_it(matrix, tmp_path):
+    out = tmp_path / "exported.safetensors"
+    out.write_bytes(b"an export the user already has")
+    command = [sys.executable, "-m", "ppma_scale.export", str(matrix / "z0_fp32"), "--output", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and f"{out} already exists" in done.stderr, done.stderr[-3000:]
+    assert out.read_bytes() == b"an export the user already has"
+    done = subprocess.run(command + ["--overwrite"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and out.read_bytes() != b"an export the user already has", done.stderr[-3000:]
+
+
 def test_export_errors_are_clear(tmp_path):
     done = subprocess.run([sys.executable, "-m", "ppma_scale.export", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 2 and "no complete checkpoint" in done.stderr

@@ -268,6 +268,19 @@ def test_cli_refuses_to_export_over_the_hugging_face_folder_it_reads(tmp_path, c
     assert sorted(p.name for p in hf.iterdir()) == ["config.json", "model.safetensors"]  # no temporaries left
 
 
+@pytest.mark.parametrize("to", ["trunk", "hf"])
+def test_cli_keeps_an_existing_output_unless_told_to_replace_it(tmp_path, capsys, our_mae_file, to):
+    out = tmp_path / ("hf" if to == "hf" else "t.safetensors")
+    args = [str(our_mae_file), str(out), "--to", to, "--allow-pos-mismatch", *GEOMETRY]
+    written = out / "model.safetensors" if to == "hf" else out
+    assert convert_main(args) == 0
+    written.write_bytes(b"weights the user made by hand")
+    assert convert_main(args) == 2
+    assert "already exist" in capsys.readouterr().err and written.read_bytes() == b"weights the user made by hand"
+    assert convert_main(args + ["--overwrite"]) == 0
+    assert written.read_bytes() != b"weights the user made by hand" and load_weights_file(written)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--num-frames", "0", "--img-size", "32", "--num-heads", "3"], "--num-frames"),
     (["--num-frames", "5", "--img-size", "32", "--num-heads", "3"], "--num-frames"),

@@ -167,9 +167,24 @@ def test_average_cli_writes_the_soup_atomically_and_names_a_bad_input(tmp_path, 
     torch.testing.assert_close(load_file(out)["proj.weight"], mean)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors", "soup.safetensors"]
     b.write_text("hello\n")  # not a safetensors file at all
-    assert main([str(a), str(b), "--out", str(out)]) == 2
+    assert main([str(a), str(b), "--out", str(out), "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert f"{b} is not a readable safetensors file" in err and "Traceback" not in err
+
+
+def test_average_cli_keeps_an_existing_soup_unless_told_to_replace_it(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from ppma_scale.average import main
+    a, b = soup_inputs(tmp_path)
+    out = tmp_path / "soup.safetensors"
+    assert main([str(a), str(b), "--out", str(out), "--weights", "1", "0"]) == 0
+    before = out.read_bytes()
+    assert main([str(a), str(b), "--out", str(out)]) == 2
+    assert f"{out} already exists" in capsys.readouterr().err and out.read_bytes() == before
+    assert main([str(a), str(b), "--out", str(out), "--overwrite"]) == 0
+    mean = (load_file(a)["proj.weight"] + load_file(b)["proj.weight"]) / 2
+    torch.testing.assert_close(load_file(out)["proj.weight"], mean)
 
 
 def test_average_cli_refuses_one_model_given_twice(tmp_path, capsys):

@@ -17,8 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout works
 
 
 def checkpoint_config(location: str | Path, overrides: list[str]):
-    """The validated config that trained the checkpoint `location` names (a run directory, its
-    checkpoints/ folder or a step_N folder), with `key.sub=value` overrides applied."""
+    """The checkpoint `location` names (a run directory, its checkpoints/ folder or a step_N folder)
+    and the validated config that trained it, with `key.sub=value` overrides applied. The caller
+    tests that checkpoint, not `location` again: a run still training may save a newer one meanwhile."""
     import copy
     from ppma_scale.config import apply_overrides, build_config
     from ppma_scale.engine.checkpoint import find_checkpoint, read_marker
@@ -30,7 +31,7 @@ def checkpoint_config(location: str | Path, overrides: list[str]):
                                 "exist): name one with --config")
     raw, sources = copy.deepcopy(saved), {}
     apply_overrides(raw, sources, overrides)
-    return build_config(raw, sources)
+    return build_config(raw, sources), ckpt.path
 
 
 def main(argv: list[str]) -> int:
@@ -48,8 +49,10 @@ def main(argv: list[str]) -> int:
     from ppma_scale.engine.classify import evaluate_checkpoint
     try:
         source = args.checkpoint or args.run_dir
-        cfg = (load_config(args.config, args.overrides) if args.config
-               else checkpoint_config(source, args.overrides))
+        if args.config:
+            cfg = load_config(args.config, args.overrides)
+        else:
+            cfg, source = checkpoint_config(source, args.overrides)
         evaluate_checkpoint(cfg, source, args.out)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"launch/evaluate.py: error: {exc}", file=sys.stderr, flush=True)

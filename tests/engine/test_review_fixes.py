@@ -91,11 +91,12 @@ def test_launch_evaluate_defaults_to_the_config_of_the_checkpoint_it_tests(runs,
     launch = _launch_evaluate()
     assert launch.main([str(run_dir), "data.test_clips=3"]) == 0
     cfg, checkpoint = seen[-1]
-    assert checkpoint == run_dir  # the run's latest: step 4, trained after the config change
+    assert checkpoint == run_dir / "checkpoints" / tag_for(4)  # the run's latest, trained after the config change:
+    # the very checkpoint whose config was read (a run still training may save a newer one meanwhile)
     assert (cfg.optim.lr, cfg.model.drop_path, cfg.data.test_clips) == (5e-4, 0.1, 3)
     step2 = str(run_dir / "checkpoints" / tag_for(2))
     assert launch.main([str(run_dir), "--checkpoint", step2]) == 0
-    assert (seen[-1][0].optim.lr, seen[-1][0].model.drop_path, seen[-1][1]) == (1e-3, 0.0, step2)
+    assert (seen[-1][0].optim.lr, seen[-1][0].model.drop_path, str(seen[-1][1])) == (1e-3, 0.0, step2)
     explicit = tmp_path / "explicit.yaml"  # --config still wins
     explicit.write_text((run_dir / "config.yaml").read_text())
     assert launch.main([str(run_dir), "--config", str(explicit), "optim.lr=0.25"]) == 0

@@ -181,6 +181,15 @@ def _read_folders(root: Path, names: list[str] | None) -> tuple[list[SourceItem]
     return items, names
 
 
+def ids_without_clips(items: list[SourceItem], names: list[str]) -> list[int]:
+    """Label ids that name no listed clip, when the class names are only the ids themselves (no
+    names file): a 1-based listing or a subset of classes then silently widens the model's output."""
+    if names != [str(i) for i in range(len(names))]:
+        return []
+    used = {item.label for item in items}
+    return [i for i in range(len(names)) if i not in used]
+
+
 def listing_root(source: str | Path, root: str | Path | None = None) -> Path:
     """The folder the listed paths are relative to: a folder of class folders itself, else `root`
     (default: the listing file's folder). Part of a pack's identity: the same listing under another

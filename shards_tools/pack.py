@@ -25,7 +25,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ppma_scale.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, load_manifest, name_some
-from shards_tools.inputs import FORMATS, SourceItem, listing_root, read_inputs
+from shards_tools.inputs import FORMATS, SourceItem, ids_without_clips, listing_root, read_inputs
 from shards_tools.journal import Journal, ShardFile, remove_unlisted_shards, shard_files
 from shards_tools.parallel import ItemResult, default_workers, encode_in_order, encode_item
 from shards_tools.transcode import DEFAULT_CRF, EncodeSettings
@@ -206,6 +206,12 @@ def pack(source: str | Path, output: str | Path, *, root: str | Path | None = No
         raise ValueError(f"shard prefix {prefix!r} may hold only letters, digits, '_' and '-'")
     output = Path(output)
     items, names = read_inputs(source, root, classes, input_format)
+    empty = ids_without_clips(items, names)
+    if empty:
+        print(f"WARNING: {source} gives no class names, so the classes are its label ids 0..{len(names) - 1}, and "
+              f"{len(empty)} of them ({', '.join(map(str, empty[:10]))}{', ...' if len(empty) > 10 else ''}) have no "
+              f"clip: a model trained on this pack gets {len(names)} outputs. If the ids are 1-based or the listing "
+              "holds a subset of the classes, pass --classes NAMES.txt (line i names label i)", file=sys.stderr)
     dataset = dataset or output.name
     ordered = list(items)
     if shuffle_seed is not None:

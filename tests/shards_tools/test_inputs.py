@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from shards_tools.inputs import STRAY_REASON, read_class_names, read_inputs
+from shards_tools.inputs import STRAY_REASON, ids_without_clips, read_class_names, read_inputs
 
 
 def test_split_file_with_classes_txt_beside_it(tmp_path):
@@ -20,6 +20,16 @@ def test_split_file_root_and_numeric_names_without_a_names_file(tmp_path):
     (tmp_path / "list.txt").write_text("x/frames_dir;2\n")
     items, names = read_inputs(tmp_path / "list.txt", root=tmp_path / "data")
     assert names == ["0", "1", "2"] and items[0].path == tmp_path / "data/x/frames_dir"
+    assert ids_without_clips(items, names) == [0, 1]
+
+
+def test_ids_without_clips_are_found_only_when_the_names_are_the_ids(tmp_path):
+    (tmp_path / "list.txt").write_text("a.mp4;1\nb.mp4;2\nc.mp4;5\n")
+    items, names = read_inputs(tmp_path / "list.txt")
+    assert ids_without_clips(items, names) == [0, 3, 4]
+    (tmp_path / "names.txt").write_text("a\nb\nc\nd\ne\nf\n")  # named classes: a subset is deliberate
+    items, names = read_inputs(tmp_path / "list.txt", classes=tmp_path / "names.txt")
+    assert ids_without_clips(items, names) == []
 
 
 @pytest.mark.parametrize("line, message", [

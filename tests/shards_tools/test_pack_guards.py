@@ -117,3 +117,14 @@ def test_clips_beside_the_class_folders_are_listed_as_rejected(corpus, tmp_path)
     assert manifest.classes == ["jump", "wave"] and manifest.num_samples == 4
     assert manifest.rejected == [{"source": "loose.mp4", "reason": STRAY_REASON}]
     assert json.loads((tmp_path / "out/manifest.json").read_text())["totals"]["rejected"] == 1
+
+
+def test_a_listing_whose_ids_skip_classes_is_packed_with_a_warning_naming_them(corpus, tmp_path, capsys):
+    """No names file and 1-based ids: class 0 exists but has no clip, which would widen the model."""
+    lines = corpus["train"].read_text().split()
+    shifted = tmp_path / "one_based.txt"
+    shifted.write_text("".join(f"{rel};{int(label) + 1}\n" for rel, label in (line.rsplit(";", 1) for line in lines)))
+    manifest = pack(shifted, tmp_path / "out", root=corpus["root"], **OPTIONS)
+    assert manifest.classes == ["0", "1", "2"]
+    err = capsys.readouterr().err
+    assert "label ids 0..2, and 1 of them (0) have no clip" in err and "--classes" in err

@@ -2,9 +2,9 @@
 
 Launchers announce a rank differently: `deepspeed` and `torchrun` export RANK / WORLD_SIZE /
 LOCAL_RANK / MASTER_ADDR / MASTER_PORT; `srun` (one task per GPU) exports SLURM_PROCID /
-SLURM_NTASKS / SLURM_LOCALID; a plain `python launch/pretrain.py` exports nothing and is a world of
-one. We normalise all three to the env:// variables, then start torch.distributed ourselves (NCCL on
-GPUs, gloo on CPUs) so DeepSpeed finds an initialised group and does no discovery of its own.
+SLURM_STEP_NUM_TASKS / SLURM_LOCALID; a plain `python launch/pretrain.py` exports nothing and is a
+world of one. We normalise all three to the env:// variables, then start torch.distributed ourselves
+(NCCL on GPUs, gloo on CPUs) so DeepSpeed finds an initialised group and does no discovery of its own.
 """
 from __future__ import annotations
 
@@ -42,16 +42,45 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def slurm_job_port(job_id: int | str) -> int:
+    """The rendezvous port a SLURM job uses unless MASTER_PORT says otherwise: one per job id, so two
+    jobs sharing a node do not both bind 29500. 20000-32767, below Linux's default ephemeral range
+    (32768-60999) where outgoing connections take their local ports. launch/slurm/*.sbatch compute
+    the same number in shell."""
+    return 20000 + int(job_id) % 12768
+
+
+def _slurm_step_world(env: dict[str, str]) -> str | None:
+    """The number of tasks of the srun job step this process is a task of, or None when SLURM did not
+    start it as one.
+
+    A batch script, and so a plain `python launch/evaluate.py` run in it, also sees SLURM_PROCID=0 and
+    SLURM_NTASKS = every task of the job; read as a launch, that process would wait forever for 31
+    peers. srun adds SLURM_STEP_NUM_TASKS (and SLURM_STEP_ID) to each task of a step, and the batch
+    environment has no SLURM_STEP_NUM_TASKS. Without SLURM_JOB_ID (which SLURM always sets)
+    SLURM_PROCID / SLURM_NTASKS were set by hand or by another tool, and name a launch as they say."""
+    if "SLURM_PROCID" not in env:
+        return None
+    if "SLURM_STEP_NUM_TASKS" in env:
+        return env["SLURM_STEP_NUM_TASKS"]  # = SLURM_NTASKS, unless srun --preserve-env kept the job's
+    if "SLURM_JOB_ID" not in env and "SLURM_NTASKS" in env:
+        return env["SLURM_NTASKS"]
+    return None  # the batch script (or an salloc shell) outside any job step
+
+
 def resolve_launch_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """The env:// variables this process should use, derived from whichever launcher started it."""
     env = dict(os.environ if env is None else env)
-    if "RANK" not in env and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+    step_world = None if "RANK" in env else _slurm_step_world(env)
+    if step_world is not None:
         env["RANK"] = env["SLURM_PROCID"]
-        env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+        env["WORLD_SIZE"] = step_world
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
         if "MASTER_ADDR" not in env:
             raise ValueError("running under srun without MASTER_ADDR: export MASTER_ADDR (the first node "
                              "of the allocation) and MASTER_PORT in the sbatch script, see launch/slurm/")
+        if "SLURM_JOB_ID" in env:
+            env.setdefault("MASTER_PORT", str(slurm_job_port(env["SLURM_JOB_ID"])))
     if "RANK" not in env:
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         env.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -64,17 +93,35 @@ def resolve_launch_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def rank_device(local_rank: int, cuda_devices: int) -> torch.device:
+    """The device of the rank with this node-local rank, given how many CUDA devices it sees (0: none).
+
+    Launchers that start every rank of a node with all its GPUs visible (deepspeed, torchrun, srun
+    with --gpus-per-node) make the local rank the device ordinal. srun with --gpus-per-task=1 or
+    --gpu-bind gives each task only its own GPU(s): task 3 of a node sees one device, cuda:0, and
+    cuda:3 does not exist. local_rank % cuda_devices is right in both cases (and the identity in the
+    first)."""
+    if cuda_devices <= 0:
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % cuda_devices)
+
+
 def init_distributed(timeout_s: int = 1800) -> DistInfo:
     """Join (or create) the process group and pick this rank's device. Idempotent."""
     env = resolve_launch_env()
+    rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"])
+    device = rank_device(local, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if device.type == "cuda":
+        # DeepSpeed takes LOCAL_RANK for "the GPU device ID" (its engine and ZeRO-3 call set_device on
+        # it), so it must name the device picked here, also where a task sees only its own GPU.
+        env["LOCAL_RANK"] = str(device.index)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         os.environ[key] = env[key]
-    rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"])
-    if torch.cuda.is_available():
-        device, backend = torch.device("cuda", local), "nccl"
+    if device.type == "cuda":
+        backend = "nccl"
         torch.cuda.set_device(device)
     else:
-        device, backend = torch.device("cpu"), "gloo"
+        backend = "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=timeout_s),
@@ -171,3 +218,12 @@ def shutdown() -> None:
     dist.destroy_process_group()
     if on_cpu:
         deepspeed_cpu_allreduce_buffer(rank).unlink(missing_ok=True)
+
+
+def launched_world_size() -> int:
+    """The world size the launcher announced, before any process group exists (1 for a plain
+    `python`; a launch environment that cannot be read counts as several ranks: init says why)."""
+    try:
+        return int(resolve_launch_env()["WORLD_SIZE"])
+    except (ValueError, KeyError):
+        return 2

@@ -24,7 +24,8 @@ def checkpoint_config(location: str | Path, overrides: list[str]):
     from ppma_scale.config import apply_overrides, build_config
     from ppma_scale.engine.checkpoint import find_checkpoint, read_marker
     from ppma_scale.engine.resume_guard import saved_config
-    ckpt = find_checkpoint(location, what="checkpoint to evaluate")
+    from ppma_scale.engine.dist import launched_world_size
+    ckpt = find_checkpoint(location, what="checkpoint to evaluate", deep=launched_world_size() == 1)
     saved, where = saved_config(ckpt, read_marker(ckpt.path) or {})
     if saved is None:
         raise FileNotFoundError(f"found no config for {ckpt.path} (its marker holds none and {where} does not "
@@ -40,6 +41,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--checkpoint", default=None, help="checkpoint to test (default: the run's latest)")
     parser.add_argument("--config", type=Path, default=None, help="config (default: the checkpoint's own)")
     parser.add_argument("--out", default=None, help="metrics JSON (default: RUN_DIR/eval/test_<tag>.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the metrics JSON if it exists")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)
@@ -53,8 +55,8 @@ def main(argv: list[str]) -> int:
             cfg = load_config(args.config, args.overrides)
         else:
             cfg, source = checkpoint_config(source, args.overrides)
-        evaluate_checkpoint(cfg, source, args.out)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        evaluate_checkpoint(cfg, source, args.out, overwrite=args.overwrite)
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"launch/evaluate.py: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except PeerFailure as exc:  # another rank's data failed; its log has the traceback

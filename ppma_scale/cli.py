@@ -79,6 +79,8 @@ def launch(argv: list[str], *, stage: str, tasks: tuple[str, ...]) -> int:
     args = parse_launch_args(argv, stage)
     try:
         cfg = _load_for_resume(args, stage)
+        if args.output:  # before the resume checks compare configs: the run's directory is --output's
+            cfg.run.output = str(Path(args.output))
         if cfg.run.task not in tasks:
             raise ConfigError(f"run.task={cfg.run.task!r}, but launch/{stage}.py runs "
                               f"{' or '.join(repr(t) for t in tasks)}: use the launch script of that stage")
@@ -87,14 +89,14 @@ def launch(argv: list[str], *, stage: str, tasks: tuple[str, ...]) -> int:
         from .engine.tasks import build_task
         from .engine.trainer import validate
         task = build_task(cfg)
-        validate(cfg, task, args.output or cfg.run.output, args.resume, args.allow_config_change)
+        plan = validate(cfg, task, args.output or cfg.run.output, args.resume, args.allow_config_change)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         return _fail(stage, str(exc), EXIT_CONFIG_ERROR)
     from .engine.agreement import PeerFailure
     from .engine.dist import shutdown
     from .engine.trainer import NonFiniteError, run
     try:
-        run(cfg, args.output, resume=args.resume, task=task, allow_config_change=args.allow_config_change)
+        run(cfg, args.output, resume=args.resume, task=task, allow_config_change=args.allow_config_change, plan=plan)
     except NonFiniteError as exc:
         return _fail(stage, str(exc), EXIT_NONFINITE)
     except PeerFailure as exc:  # another rank's data failed (its log has the traceback): one line here

@@ -65,6 +65,19 @@ def tiny_shards_vp9(tmp_path_factory) -> dict[str, pathlib.Path]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def deepspeed_ops_built():
+    """DeepSpeed JIT-builds its CPU ops (the shared-memory all-reduce, CPU Adam for offload) the first
+    time a rank needs them: on a fresh machine that is minutes of g++ inside some test's subprocess
+    timeout. Built (or found in the cache) once here, before any test starts a rank."""
+    from deepspeed.accelerator import get_accelerator
+    for name in ("ShareMemCommBuilder", "CPUAdamBuilder"):
+        builder = get_accelerator().create_op_builder(name)
+        if builder is not None and builder.is_compatible():
+            builder.load(verbose=False)
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def remove_orphaned_deepspeed_shm():
     """Runs that the tests kill on purpose cannot remove DeepSpeed's CPU all-reduce segments
     (/dev/shm, ~69 MB of RAM each; ppma_scale.engine.dist.shutdown removes them on a normal exit).

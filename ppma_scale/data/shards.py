@@ -48,6 +48,7 @@ class ShardSet:
     label_map: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # own id -> global id (-1: none)
     require_labels: bool = False  # labels are trained on: each sample's label_name must match `classes`
     manifest: str = ""  # where the manifest was read from (for error messages)
+    layout: str = ""  # fingerprint of its shards (names, counts, checksums): which sample index is which clip
 
     @property
     def num_samples(self) -> int:
@@ -143,36 +144,76 @@ def resolve_shard_urls(manifest: Manifest, spec: SourceSpec, allow_pipe: bool, w
 
 
 _CHECKED: set[tuple[str, ...]] = set()  # shard lists this process found complete (validate, then the stream)
+_STAT_THREADS = 32  # stats on a parallel filesystem are latency-bound: overlap them
 
 
 def check_local_shards(manifest: Manifest, urls: Sequence[str], what: str, source: str = "", shown: int = 5) -> None:
-    """Stat every local shard once per process: missing ones, or sizes other than the manifest's
-    `bytes`, are an error naming them (a partial copy would otherwise train on a remnant, warning per
-    shard). A set found complete is not stat-ed again (a shard lost later is the reader's to report)."""
+    """Stat every local shard once: missing ones, or sizes other than the manifest's `bytes`, are an
+    error naming them (a partial copy would otherwise train on a remnant, warning per shard). A set
+    found complete is not stat-ed again (a shard lost later is the reader's to report).
+
+    In a multi-rank job only rank 0 stats, once the process group exists, and every rank raises its
+    verdict (as ConfigError): 512 ranks x 20,000 shards would be ten million metadata requests to a
+    shared filesystem at every start. Before the process group exists such a job checks nothing here."""
     key = tuple(f"{url}:{info.bytes}" for info, url in zip(manifest.shards, urls))
     if key in _CHECKED:
         return
+    import torch.distributed as tdist
+    grouped = tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+    if not grouped:
+        from ..engine.dist import launched_world_size
+        if launched_world_size() > 1:
+            return  # checked by rank 0 when the stream is built, after init_process_group
+        error = _unusable_shards(manifest, urls, what, source, shown)
+    else:
+        error = _unusable_shards(manifest, urls, what, source, shown) if tdist.get_rank() == 0 else None
+        box = [None if error is None else str(error)]
+        tdist.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            from ..config import ConfigError
+            raise ConfigError(box[0])
+    if error is not None:
+        raise error
+    _CHECKED.add(key)
+
+
+def _unusable_shards(manifest: Manifest, urls: Sequence[str], what: str, source: str,
+                     shown: int) -> FileNotFoundError | ValueError | None:
+    """The error naming the local shards that are missing or of another size than the manifest's."""
+    from concurrent.futures import ThreadPoolExecutor
+    local = [(info, local_path(url)) for info, url in zip(manifest.shards, urls) if is_local(url)]
+    with ThreadPoolExecutor(min(_STAT_THREADS, max(1, len(local) // 64))) as pool:
+        sizes = list(pool.map(_size_or_error, (path for _, path in local)))
     missing, resized = [], []
-    for info, url in zip(manifest.shards, urls):
-        if not is_local(url):
-            continue
-        path = local_path(url)
-        try:
-            size = os.stat(path).st_size
-        except OSError as exc:
-            missing.append(path if isinstance(exc, FileNotFoundError) else f"{path} ({exc.strerror or exc})")
-            continue
-        if info.bytes and size != info.bytes:
+    for (info, path), size in zip(local, sizes):
+        if isinstance(size, OSError):
+            missing.append(path if isinstance(size, FileNotFoundError) else f"{path} ({size.strerror or size})")
+        elif info.bytes and size != info.bytes:
             resized.append(f"{path} ({size} bytes, manifest says {info.bytes})")
     if not missing and not resized:
-        _CHECKED.add(key)
-        return
+        return None
     parts = [f"{label}: {name_some(items, shown)}"
              for label, items in (("missing", missing), ("size differs", resized)) if items]
     message = (f"{what}: {len(missing) + len(resized)} of the {len(urls)} shards of manifest "
                f"{source or manifest.location} "
                f"cannot be used ({'; '.join(parts)}). Restore them (ppma-verify checks a set) before reading it")
-    raise (FileNotFoundError if missing else ValueError)(message)
+    return (FileNotFoundError if missing else ValueError)(message)
+
+
+def _size_or_error(path: str) -> int | OSError:
+    try:
+        return os.stat(path).st_size
+    except OSError as exc:
+        return exc
+
+
+def shard_layout(manifest: Manifest) -> str:
+    """A fingerprint of what sample i of the dataset is: its shards' file names, sample counts and
+    checksums in order. Unchanged by copying the set elsewhere; changed by a re-pack into other shards."""
+    import hashlib
+    import json
+    listed = [[os.path.basename(s.url), int(s.samples), s.sha256 or ""] for s in manifest.shards]
+    return hashlib.sha1(json.dumps(listed).encode()).hexdigest()[:16]
 
 
 def read_class_names(path: str) -> list[str]:
@@ -238,6 +279,7 @@ def open_sources(specs: Iterable[Any], *, allow_pipe: bool = False, classes: str
         urls = resolve_shard_urls(manifest, spec, allow_pipe, where)
         check_local_shards(manifest, urls, where, str(spec.manifest))
         sets.append(ShardSet(
+            layout=shard_layout(manifest),
             name=spec.name or manifest.dataset, urls=urls,
             counts=[int(s.samples) for s in manifest.shards], weight=spec.weight / total_weight,
             classes=list(manifest.classes), codec=manifest_codec(manifest),

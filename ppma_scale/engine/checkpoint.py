@@ -138,11 +138,14 @@ def _zip_problem(path: Path) -> str | None:
     return None
 
 
-def checkpoint_problems(ckpt: Checkpoint) -> list[str]:
+def checkpoint_problems(ckpt: Checkpoint, deep: bool = True) -> list[str]:
     """What is wrong with the files of a complete-marked checkpoint, cheaply: every file the marker's
-    world size and ZeRO stage imply is present, non-empty and an intact-looking zip; [] if fine."""
+    world size and ZeRO stage imply is present and, when `deep`, non-empty and an intact-looking zip;
+    [] if fine. Not `deep`: one directory listing, no per-file stat or open (a 512-rank checkpoint has
+    over a thousand files, and every rank of a job checks before its process group exists)."""
     ranks = range(ckpt.world_size)
-    files = {p.name: p for p in ckpt.path.iterdir() if p.is_file()}
+    with os.scandir(ckpt.path) as entries:
+        files = {e.name: Path(e.path) for e in entries if e.is_file()}
     expected = [f"rank_{r:05d}.pt" for r in ranks]
     if ckpt.zero_stage == 3:
         expected += [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in ranks]
@@ -153,15 +156,16 @@ def checkpoint_problems(ckpt: Checkpoint) -> list[str]:
         prefix = "bf16_" if optim and all(n.startswith("bf16_") for n in optim) else ""
         expected += [f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in ranks]
     problems = [f"{ckpt.path / name}: missing" for name in expected if name not in files]
-    for name in sorted(files):
+    for name in sorted(files) if deep else ():
         if name.endswith(".pt") and (why := _zip_problem(files[name])):
             problems.append(f"{files[name]}: {why}")
     return problems
 
 
-def verify_checkpoint(ckpt: Checkpoint) -> None:
-    """Raise DamagedCheckpoint naming the bad files (and the previous complete tag) before anything loads it."""
-    problems = checkpoint_problems(ckpt)
+def verify_checkpoint(ckpt: Checkpoint, deep: bool = True) -> None:
+    """Raise DamagedCheckpoint naming the bad files (and the previous complete tag) before anything loads
+    it; `deep=False` checks only that every file is there (see checkpoint_problems)."""
+    problems = checkpoint_problems(ckpt, deep)
     if problems:
         raise DamagedCheckpoint(ckpt.path, f"checkpoint {ckpt.path} is marked complete but damaged: "
                                 + "; ".join(problems) + f". {_previous_hint(ckpt.path).capitalize()}")
@@ -204,7 +208,7 @@ def find_resume_checkpoint(resume: str, run_dir: Path) -> Checkpoint | None:
     return find_checkpoint(resume, what="--resume")
 
 
-def find_checkpoint(location: str | Path, what: str = "checkpoint") -> Checkpoint:
+def find_checkpoint(location: str | Path, what: str = "checkpoint", deep: bool = True) -> Checkpoint:
     """The complete checkpoint `location` names: a run directory or its checkpoints/ folder (their
     latest), or one step_N folder. `what` names the argument in the error; a damaged checkpoint is a
     DamagedCheckpoint naming the bad file (export, evaluate and model.init read through here)."""
@@ -214,7 +218,7 @@ def find_checkpoint(location: str | Path, what: str = "checkpoint") -> Checkpoin
     for candidate in (path, path / "checkpoints"):
         ckpt = read_checkpoint(candidate) or latest_checkpoint(candidate)
         if ckpt is not None:
-            verify_checkpoint(ckpt)
+            verify_checkpoint(ckpt, deep)
             return ckpt
     raise FileNotFoundError(f"{what} {location}: found no complete checkpoint there (expected a run "
                             f"directory, its checkpoints/ folder, or a step_N folder holding {MARKER})")
@@ -242,6 +246,22 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _fsync_existing(paths: Iterable[Path]) -> list[Path]:
+    """fsync each of `paths` (files or directories) that exists; the ones synced."""
+    synced = []
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        synced.append(path)
+    return synced
+
+
 class CheckpointManager:
     """Saves, rotates and finds checkpoints of one run. Every rank calls `save` and `load`."""
 
@@ -253,9 +273,17 @@ class CheckpointManager:
         self.keep_last = keep_last
 
     def save(self, engine, step: int, rank_state: dict[str, Any], meta: dict[str, Any]) -> Checkpoint:
-        """Write checkpoint `step` on every rank; mark it complete and move `latest` once all are done."""
+        """Write checkpoint `step` on every rank; mark it complete and move `latest` once all are done.
+
+        Each rank fsyncs the files it wrote (not its peers': that would be W^2 syncs) before the ranks
+        agree that all are written; rank 0 then fsyncs the tag directory (every rank's file names),
+        writes the marker and syncs the directory again before rotation deletes anything. A rank whose
+        write or sync fails raises its error and every other rank a PeerFailure naming it, instead of
+        waiting for it in a barrier."""
         from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
                                                     UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+
+        from .agreement import agree
         tag_dir = self.root / tag_for(step)
         if self.dist.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -269,19 +297,39 @@ class CheckpointManager:
         client_state = {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE},
                         "ppma_step": step}
         engine.save_checkpoint(str(self.root), tag=tag_dir.name, client_state=client_state, save_latest=False)
-        torch.save(rank_state, tag_dir / f"rank_{self.dist.rank:05d}.pt")
+        error = None
+        try:
+            torch.save(rank_state, tag_dir / f"rank_{self.dist.rank:05d}.pt")
+            # On disk, not only in this node's write-back cache, before the marker calls them complete (a
+            # node crash is what requeues a job). The files this rank wrote, named as DeepSpeed's
+            # _get_zero_ckpt_name / _get_ckpt_name name them (see checkpoint_problems): its ZeRO or bf16
+            # optimizer partition, its ZeRO-3 model states, and on rank 0 the model states of stages 0-2.
+            # A fixed handful of names each: no rank lists the directory or syncs another rank's files.
+            r = self.dist.rank
+            own = [f"rank_{r:05d}.pt", f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt",
+                   f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt", f"zero_pp_rank_{r}_mp_rank_00_model_states.pt"]
+            own += ["mp_rank_00_model_states.pt"] if self.dist.is_main else []
+            _fsync_existing(tag_dir / name for name in own)
+        except OSError as exc:  # e.g. a full disk, or EIO from fsync (the data did not reach the disk)
+            error = exc
         if _fault_requested(step, self.dist.rank):
             os.kill(os.getpid(), signal.SIGKILL)
-        barrier()
+        agree(error, False, f"writing its files of checkpoint {tag_dir}", self.dist.device)  # the barrier
         ckpt = Checkpoint(path=tag_dir, step=step, world_size=self.dist.world_size,
                           zero_stage=int(engine.zero_optimization_stage()))
+        error = None
         if self.dist.is_main:
-            marker = {"step": step, "world_size": ckpt.world_size, "zero_stage": ckpt.zero_stage,
-                      "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
-            write_text_atomic(tag_dir / MARKER, json.dumps(marker, indent=1))
-            write_text_atomic(self.root / LATEST, tag_dir.name)
-            self.rotate()
-        barrier()
+            try:
+                _fsync_existing([tag_dir])  # the names of every rank's files, all written by now
+                marker = {"step": step, "world_size": ckpt.world_size, "zero_stage": ckpt.zero_stage,
+                          "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
+                write_text_atomic(tag_dir / MARKER, json.dumps(marker, indent=1))
+                _fsync_existing([tag_dir])  # the marker's name: durable before rotation deletes older tags
+                write_text_atomic(self.root / LATEST, tag_dir.name)
+                self.rotate()
+            except Exception as exc:  # noqa: BLE001 - re-raised here by agree(), PeerFailure on the others
+                error = exc
+        agree(error, False, f"marking checkpoint {tag_dir} complete", self.dist.device)  # the barrier
         return ckpt
 
     def rotate(self) -> list[Path]:

@@ -11,6 +11,7 @@ crops views per video and write the metrics as JSON in `RUN_DIR/eval/`.
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from functools import partial
@@ -74,7 +75,8 @@ class ClassifyTask(Task):
         if (aug.mixup > 0 or aug.cutmix > 0) and self.uses_batch_augment() and clips % 2:
             raise ValueError(f"mixup/cutmix pair clips within a batch: train.micro_batch x data.repeat_aug "
                              f"= {clips} must be even (or set augment.mixup=0 augment.cutmix=0)")
-        classes = self.label_space()
+        classes = self.label_space()  # reads the training manifests (once)
+        self.check_one_global_batch(self.train_videos, f"{cfg.run.task} run's training data")
         if cfg.data.val:  # val classes outside the training label space would fail only at the first evaluation
             from ..data.shards import open_sources
             open_sources(cfg.data.val, allow_pipe=cfg.data.allow_pipe, classes=classes, require_labels=True,
@@ -119,7 +121,7 @@ class ClassifyTask(Task):
             states = []
             for i, path in enumerate(cfg.model.average):
                 try:
-                    state, source = adapted_trunk_state(factory, path)
+                    state, source = adapted_trunk_state(factory, path, dist, cfg.run.output)
                 except ValueError as exc:
                     raise ConfigError(f"model.average[{i}]: {exc}") from None
                 states.append(state)
@@ -141,7 +143,7 @@ class ClassifyTask(Task):
             elif cfg.model.init:
                 from .pretrained import init_trunk
                 try:
-                    source, report = init_trunk(model.encoder, cfg.model.init)
+                    source, report = init_trunk(model.encoder, cfg.model.init, dist, cfg.run.output)
                 except ValueError as exc:
                     raise ConfigError(f"model.init: {exc}") from None
                 _say(dist, f"trunk from {source.describe()}; position table: {report['pos_embed']}"
@@ -270,15 +272,26 @@ def views_stream(cfg, dist: DistInfo, datasets: list, classes: list[str]):
         max_decode_failures=data.max_decode_failures)
 
 
-def evaluate_classifier(cfg, dist: DistInfo, predict, out_file: Path, classes: list[str]) -> dict:
-    """Multi-view evaluation of `predict(video_uint8) -> logits` on data.val over all ranks."""
+def evaluate_classifier(cfg, dist: DistInfo, predict, out_file: Path, classes: list[str],
+                        record: dict | None = None) -> dict:
+    """Multi-view evaluation of `predict(video_uint8) -> logits` on data.val over all ranks (`record`:
+    written into the metrics, see run_evaluation)."""
     from .data_args import skipped_samples
     stream = views_stream(cfg, dist, cfg.data.val, classes)
     scored = score_eval_batches(predict, agreed(stream, "reading its evaluation videos", dist.device),
                                 views_per_forward=cfg.train.micro_batch)
     return run_evaluation(scored, len(classes), class_names=classes, out_file=out_file,
                           expected_videos=stream.num_videos, skipped=lambda: skipped_samples(stream.stats()),
-                          views_per_video=stream.views_per_video)
+                          views_per_video=stream.views_per_video, record=record)
+
+
+def _evaluated(path: Path) -> str:
+    """What the metrics file at `path` says it scored, for the refusal to replace it."""
+    try:
+        record = json.loads(path.read_text())
+        return f"{record['checkpoint']} on {', '.join(record['data_val'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a run whose file does not say"
 
 
 @register_task("linprobe")
@@ -299,14 +312,6 @@ class LinearProbeTask(ClassifyTask):
         if self.caches_features() and (aug.mixup > 0 or aug.cutmix > 0 or aug.erase_prob > 0 or aug.randaugment):
             raise ValueError("the linear probe caches one pass of features, so per-step augmentation cannot apply: "
                              "set augment.randaugment=null augment.erase_prob=0 augment.mixup=0 augment.cutmix=0")
-        if self.caches_features():  # said now, not after the whole feature pass (FeatureStream checks again)
-            from .dist import resolve_launch_env
-            self.label_space()  # reads the training manifests (once)
-            batch, world = self.cfg.train.micro_batch, int(resolve_launch_env()["WORLD_SIZE"])
-            if self.train_videos < world * batch:
-                raise ValueError(f"the linear probe's training data holds {self.train_videos} videos, fewer than "
-                                 f"one global batch ({world} ranks x train.micro_batch {batch}); lower "
-                                 "train.micro_batch")
 
     def build_train_stream(self, dist: DistInfo, engine: nn.Module) -> TrainStream:
         if not self.caches_features():
@@ -347,13 +352,15 @@ class LinearProbeTask(ClassifyTask):
         return F.cross_entropy(logits, labels, label_smoothing=self.smoothing), {}
 
 
-def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None = None) -> dict:
+def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None = None,
+                        overwrite: bool = False) -> dict:
     """Multi-view test of a classification run's checkpoint on data.val, on every rank of the job.
 
     `checkpoint` is a run directory (its latest checkpoint), a checkpoints/ folder or one step_N
     folder. The model is rebuilt from `cfg` (a blended trunk re-reads its sources, which checkpoints
     do not duplicate) and loaded strictly. Rank 0 writes the metrics JSON (default:
-    RUN_DIR/eval/test_<tag>.json) and every rank returns them.
+    RUN_DIR/eval/test_<tag>.json), which records the checkpoint, data and views it scored, and which
+    replaces an earlier file only with `overwrite`; every rank returns them.
     """
     from . import dist as distmod
     from .checkpoint import find_checkpoint, read_marker
@@ -363,7 +370,12 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None
                          "evaluated")
     if not cfg.data.val:
         raise ValueError("data.val is empty: name the test manifests, e.g. data.val=/data/ucf101/test/manifest.json")
-    ckpt = find_checkpoint(checkpoint, what="checkpoint to evaluate")
+    # a multi-rank job only lists the checkpoint's files here; rank 0 opens them when it merges (below)
+    ckpt = find_checkpoint(checkpoint, what="checkpoint to evaluate", deep=distmod.launched_world_size() == 1)
+    out = Path(out_file) if out_file else ckpt.root.parent / "eval" / f"test_{ckpt.tag}.json"
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds an evaluation (of {_evaluated(out)}): pass --out for "
+                              "another file, or --overwrite to replace it")
     cfg.model.init = None  # the checkpoint holds the whole model
     task = build_task(cfg)
     task.resume_from = ckpt.path  # so the model is not announced as starting from random weights
@@ -374,8 +386,9 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None
     dist = distmod.init_distributed(cfg.train.dist_timeout_s)
     try:
         model = task.build_model(dist)
-        from ..export import consolidated_state_dict
-        state = consolidated_state_dict(ckpt)
+        from .pretrained import merged_once, read_state_dict
+        with merged_once(ckpt.path, dist, out.parent) as readable:  # rank 0 merges the ZeRO partitions once
+            state = read_state_dict(readable)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -388,8 +401,10 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None
             x = normalize_video(video.to(dist.device), cfg.augment.mean, cfg.augment.std)
             return model(x.to(dtype))
 
-        out = Path(out_file) if out_file else ckpt.root.parent / "eval" / f"test_{ckpt.tag}.json"
-        metrics = evaluate_classifier(cfg, dist, predict, out, task.label_space())
+        record = {"checkpoint": str(ckpt.path), "step": ckpt.step,
+                  "data_val": [str(getattr(spec, "manifest", spec)) for spec in cfg.data.val],
+                  "test_clips": cfg.data.test_clips, "test_crops": cfg.data.test_crops}
+        metrics = evaluate_classifier(cfg, dist, predict, out, task.label_space(), record)
         if dist.is_main:
             print(f"[evaluate] {ckpt.path}: " + " ".join(f"{k} {v:.2f}" for k, v in headline(metrics).items())
                   + f" over {metrics['videos']} videos x {metrics['views_per_video']} views -> {out}", flush=True)

@@ -149,8 +149,9 @@ def score_eval_batches(predict: Callable[[torch.Tensor], torch.Tensor], batches:
 def run_evaluation(scored_views: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], num_classes: int,
                    class_names: list[str] | None = None, out_file: str | Path | None = None,
                    expected_videos: int | None = None, skipped: Callable[[], int] | None = None,
-                   views_per_video: int | None = None) -> dict:
-    """Merge scored views (see `score_eval_batches`) over ranks into metrics; rank 0 writes `out_file`.
+                   views_per_video: int | None = None, record: dict | None = None) -> dict:
+    """Merge scored views (see `score_eval_batches`) over ranks into metrics; rank 0 writes `out_file`
+    (with `record`: what was evaluated, so a kept file can be told apart from another).
 
     Every rank must call this (the gather is a collective). `expected_videos` is the number of videos
     in the eval manifests; with `skipped()` (this rank's unreadable or undecodable videos) the
@@ -179,6 +180,7 @@ def run_evaluation(scored_views: Iterable[tuple[torch.Tensor, torch.Tensor, torc
                            f"the eval manifests hold {expected_videos}")
     if class_names is not None:
         metrics["class_names"] = list(class_names)
+    metrics.update(record or {})
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     if out_file is not None and rank == 0:
         path = Path(out_file)

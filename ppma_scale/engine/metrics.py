@@ -195,8 +195,9 @@ class MetricsLogger:
                     handle.write("".join(line + "\n" for line in later))
                     handle.flush()
                     os.fsync(handle.fileno())
-                print(f"resuming at step {step}: moved {len(later)} later records of {path.name} to {archive.name}",
-                      flush=True)
+                what = (f"resuming at step {step}" if step else
+                        "no checkpoint to resume (an earlier attempt saved none)")
+                print(f"{what}: moved {len(later)} later records of {path.name} to {archive.name}", flush=True)
             if torn is not None or later:
                 write_text_atomic(path, "".join(line + "\n" for line in kept))
 

@@ -8,8 +8,11 @@ dict in our key names — decoder, mask token and heads are dropped, and what wa
 """
 from __future__ import annotations
 
+import hashlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -34,7 +37,8 @@ class TrunkSource:
         return "; ".join(parts)
 
 
-def _is_run_or_checkpoint(path: Path) -> bool:
+def is_run_or_checkpoint(path: Path) -> bool:
+    """A run directory, its checkpoints/ folder or one step_N folder (read through a ZeRO merge)."""
     return path.is_dir() and any((path / name).exists() for name in ("checkpoints", "latest", "ppma_complete.json"))
 
 
@@ -47,7 +51,7 @@ def check_source(key: str, path: str | Path) -> None:
     if not location.exists():
         raise FileNotFoundError(f"{key}: {path} does not exist (expected a run directory, a checkpoint "
                                 "folder, a .safetensors/.pt weights file or a Hugging Face model folder)")
-    if _is_run_or_checkpoint(location):
+    if is_run_or_checkpoint(location):
         return
     try:
         for file in weights_files(location):
@@ -65,7 +69,7 @@ def read_state_dict(path: str | Path) -> StateDict:
     if not location.exists():
         raise FileNotFoundError(f"pretrained weights {path} do not exist (expected a run directory, a "
                                 "checkpoint folder, a .safetensors/.pt file or a Hugging Face model folder)")
-    if _is_run_or_checkpoint(location):
+    if is_run_or_checkpoint(location):
         from ..export import consolidated_state_dict
         from .checkpoint import find_checkpoint
         return consolidated_state_dict(find_checkpoint(location, what="pretrained weights"))
@@ -88,13 +92,53 @@ def read_trunk(path: str | Path) -> TrunkSource:
     return TrunkSource(path=str(path), state=trunk, layout=layout, dropped=dropped)
 
 
-def init_trunk(encoder: nn.Module, path: str | Path) -> tuple[TrunkSource, dict]:
-    """Load the trunk at `path` into `encoder` (position tables adapted, a final norm dropped).
+@contextmanager
+def merged_once(path: str | Path, dist=None, scratch_dir: str | Path | None = None) -> Iterator[str | Path]:
+    """What every rank of a job reads for the weights at `path`. A run or checkpoint folder is merged
+    from its ZeRO partitions, which reads every source rank's optimizer files (the fp32 weights and
+    both Adam moments): in a multi-rank job rank 0 merges once into `scratch_dir` (this run's folder,
+    which every node sees), every rank reads that file, and it is removed once all have. Anything
+    else, or a single process, reads `path` itself. A failed merge raises ValueError on every rank."""
+    location = Path(path).expanduser()
+    if dist is None or dist.world_size == 1 or scratch_dir is None or not is_run_or_checkpoint(location):
+        yield path
+        return
+    from . import dist as distmod
+    outcome = None
+    if dist.is_main:
+        try:
+            from ..export import consolidated_state_dict
+            from ..models.convert import save_safetensors
+            from .checkpoint import find_checkpoint
+            ckpt = find_checkpoint(location, what="pretrained weights")
+            digest = hashlib.sha1(str(ckpt.path.resolve()).encode()).hexdigest()[:12]
+            target = Path(scratch_dir) / f".merged-{ckpt.tag}-{digest}.safetensors"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            outcome = ("file", str(save_safetensors(consolidated_state_dict(ckpt), target)))
+        except (ValueError, OSError) as exc:
+            outcome = ("error", str(exc))
+    kind, value = distmod.broadcast_object(outcome)
+    if kind == "error":
+        raise ValueError(value)
+    try:
+        yield value
+    finally:
+        distmod.barrier()  # every rank has read it
+        if dist.is_main:
+            Path(value).unlink(missing_ok=True)
+
+
+def init_trunk(encoder: nn.Module, path: str | Path, dist=None, scratch_dir: str | Path | None = None
+               ) -> tuple[TrunkSource, dict]:
+    """Load the trunk at `path` into `encoder` (position tables adapted, a final norm dropped); a
+    multi-rank job (`dist`) reads a run's checkpoint through `merged_once`.
 
     Returns the source and `models.convert.load_trunk_weights`'s report.
     """
     from ..models.convert import load_trunk_weights
-    source = read_trunk(path)
+    with merged_once(path, dist, scratch_dir) as readable:
+        source = read_trunk(readable)
+    source.path = str(path)
     try:
         report = load_trunk_weights(encoder, source.state, source.layout)
     except ValueError as exc:
@@ -102,11 +146,12 @@ def init_trunk(encoder: nn.Module, path: str | Path) -> tuple[TrunkSource, dict]
     return source, report
 
 
-def adapted_trunk_state(template_factory, path: str | Path) -> tuple[StateDict, TrunkSource]:
+def adapted_trunk_state(template_factory, path: str | Path, dist=None, scratch_dir: str | Path | None = None
+                        ) -> tuple[StateDict, TrunkSource]:
     """The trunk at `path` loaded into a fresh encoder from `template_factory()`, as that encoder's
     state dict — so averaged sources agree with the model in shapes, position tables and norms."""
     encoder = template_factory()
-    source, _ = init_trunk(encoder, path)
+    source, _ = init_trunk(encoder, path, dist, scratch_dir)
     state = {name: tensor.detach().clone() for name, tensor in encoder.state_dict().items()}
     del encoder
     return state, source

@@ -1,4 +1,6 @@
-"""Checks made before a run continues from a checkpoint: on every rank, before anything is written.
+"""Checks made before a run continues from a checkpoint, before anything is written: on every rank
+before the process group starts (the checkpoint's files only listed), then on rank 0 with its files
+opened (trainer.checked_resume_plan), whose verdict every rank follows.
 
 A resume must continue *this* run: the checkpoint is one of the output directory's own (or that
 directory holds none yet), its files are intact, it was trained with the same recipe, and it is
@@ -69,6 +71,7 @@ class ResumePlan:
     abandoned: list[Path] = field(default_factory=list)  # this run's complete tags newer than the one resumed
     changes: list[ConfigChange] = field(default_factory=list)  # accepted config changes, to report
     meta: dict[str, Any] = field(default_factory=dict)  # the checkpoint's marker (what its task recorded)
+    checked_files: bool = True  # the checkpoint's weight files were opened (not only listed): see plan_resume
 
 
 def _show(value: Any) -> str:
@@ -87,9 +90,9 @@ def marked_tags(root: Path) -> list[tuple[int, Path]]:
     return [(s, p) for s, p in tag_dirs(root) if (p / MARKER).is_file()]
 
 
-def newest_intact(root: Path) -> tuple[Checkpoint | None, list[tuple[Path, str]]]:
-    """The newest marked `step_N` tag that passes the file checks, plus the (tag, reason) of each
-    damaged one tried before it. `latest` is not consulted: the marker is what says a tag is complete,
+def newest_intact(root: Path, deep: bool = True) -> tuple[Checkpoint | None, list[tuple[Path, str]]]:
+    """The newest marked `step_N` tag that passes the file checks (`deep`: see checkpoint_problems),
+    plus the (tag, reason) of each damaged one tried before it. `latest` is not consulted: the marker is what says a tag is complete,
     and a kill between writing it and moving `latest` leaves `latest` naming an older tag. Tags set
     aside (`step_N.<reason>`) are not `step_N` names, so they are never candidates."""
     candidates = [p for _, p in reversed(marked_tags(root))]
@@ -97,7 +100,7 @@ def newest_intact(root: Path) -> tuple[Checkpoint | None, list[tuple[Path, str]]
     for path in candidates:
         try:
             ckpt = read_checkpoint(path)
-            verify_checkpoint(ckpt)
+            verify_checkpoint(ckpt, deep)
             return ckpt, damaged
         except DamagedCheckpoint as exc:
             damaged.append((path, str(exc)))
@@ -239,22 +242,24 @@ def _refuse_changes(ckpt: Checkpoint, source: str, changes: list[ConfigChange], 
             "config.yaml is kept)")
 
 
-def plan_resume(cfg: Config, run_dir: str | Path, resume: str, allow_config_change: bool = False) -> ResumePlan:
-    """Resolve `--resume` for `run_dir` and check everything about it; ValueError (nothing written) if refused."""
+def plan_resume(cfg: Config, run_dir: str | Path, resume: str, allow_config_change: bool = False,
+                deep: bool = True) -> ResumePlan:
+    """Resolve `--resume` for `run_dir` and check everything about it; ValueError (nothing written) if
+    refused. `deep=False` opens none of the checkpoint's weight files (only lists them): the quick
+    check every rank of a job makes before its process group exists, which rank 0 then repeats deep."""
     if resume in RESUME_OFF:
-        return ResumePlan()
+        return ResumePlan(checked_files=deep)
     own_root = Path(run_dir) / "checkpoints"
     if resume == "auto":
-        ckpt, damaged = newest_intact(own_root)
+        ckpt, damaged = newest_intact(own_root, deep)
         if ckpt is None and damaged:
             raise DamagedCheckpoint(damaged[0][0], f"every checkpoint in {own_root} is damaged, so the run cannot "
                                     "resume and was not restarted from scratch:\n  " +
                                     "\n  ".join(reason for _, reason in damaged))
         if ckpt is None:
-            return ResumePlan()
+            return ResumePlan(checked_files=deep)
     else:
-        ckpt, damaged = find_checkpoint(resume, what="--resume"), []
-        verify_checkpoint(ckpt)
+        ckpt, damaged = find_checkpoint(resume, what="--resume", deep=deep), []
         own = marked_tags(own_root)
         if own and not _same_dir(ckpt.root, own_root):
             raise ValueError(
@@ -275,4 +280,5 @@ def plan_resume(cfg: Config, run_dir: str | Path, resume: str, allow_config_chan
     abandoned = []
     if _same_dir(ckpt.root, own_root):
         abandoned = [p for s, p in marked_tags(own_root) if s > ckpt.step and p not in skip]
-    return ResumePlan(checkpoint=ckpt, damaged=damaged, abandoned=abandoned, changes=changes, meta=meta)
+    return ResumePlan(checkpoint=ckpt, damaged=damaged, abandoned=abandoned, changes=changes, meta=meta,
+                      checked_files=deep)

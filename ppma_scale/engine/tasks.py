@@ -87,6 +87,15 @@ class Task:
             raise ValueError("data.train is empty: give at least one shard manifest")
         self._check_weight_files()
 
+    def check_one_global_batch(self, samples: int, what: str = "training data") -> None:
+        """Refuse, before any rank starts, data smaller than one global batch (ranks x micro_batch):
+        the stream would refuse it only after the process group, the model and DeepSpeed are up."""
+        from .dist import launched_world_size
+        batch, world = self.cfg.train.micro_batch, launched_world_size()
+        if samples < world * batch:
+            raise ValueError(f"the {what} holds {samples} videos, fewer than one global batch ({world} rank(s) x "
+                             f"train.micro_batch {batch}); add data or lower train.micro_batch")
+
     def _check_weight_files(self) -> None:
         """A model.init / model.average source that is missing, or a weights file that is not one,
         fails here, before any rank starts, rather than on every rank while the model is built."""
@@ -214,8 +223,9 @@ class MAETask(Task):
         if not 0.0 <= mae.decoder_mask_ratio < 1.0:
             raise ValueError(f"mae.decoder_mask_ratio must be in [0, 1), got {mae.decoder_mask_ratio}")
         from ..data.shards import open_sources
-        data = self.cfg.data  # manifests parse, classes resolve, local shards are all there: before any rank starts
-        open_sources(data.train, allow_pipe=data.allow_pipe, classes=data.classes)
+        data = self.cfg.data  # manifests parse, classes resolve (and one process checks its local shards here)
+        sets, _ = open_sources(data.train, allow_pipe=data.allow_pipe, classes=data.classes)
+        self.check_one_global_batch(sum(s.num_samples for s in sets))
 
     def build_model(self, dist: DistInfo) -> nn.Module:
         """The MAE; with model.init, its encoder starts from that trunk (e.g. to continue MAE from
@@ -226,7 +236,7 @@ class MAETask(Task):
         if cfg.model.init and self.resume_from is None:
             from .pretrained import init_trunk
             try:
-                source, report = init_trunk(model.encoder, cfg.model.init)
+                source, report = init_trunk(model.encoder, cfg.model.init, dist, cfg.run.output)
             except ValueError as exc:
                 raise ConfigError(f"model.init: {exc}") from None
             if dist is None or dist.is_main:

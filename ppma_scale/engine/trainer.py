@@ -2,8 +2,9 @@
 
 What is trained comes from the task (`tasks.py`); this module only knows how to step an engine for
 a fixed number of optimizer steps, survive interruptions and report. Order of work in `run`:
-validate everything, the resume point included (nothing written yet) -> process group -> model ->
-DeepSpeed -> weights from the checkpoint -> data stream -> its state -> loop -> final checkpoint.
+validate everything, the resume point included (nothing written yet) -> process group -> rank 0 opens
+the resume checkpoint's files (a multi-rank job's ranks only listed them) -> model -> DeepSpeed ->
+weights from the checkpoint -> data stream -> its state -> loop -> final checkpoint.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config, config_to_dict, save_config
+from ..config import Config, ConfigError, config_to_dict, save_config
 from . import dist as distmod
 from .agreement import agreed
 from .checkpoint import LATEST, Checkpoint, CheckpointManager, capture_rng, restore_rng, set_aside
@@ -28,6 +29,7 @@ from .ds_config import build_ds_config
 from .lr_schedule import WarmupCosine, apply_lr, peak_lr
 from .metrics import EVENTS_FILE, METRICS_FILE, LossWindow, MetricsLogger, ThroughputWindow, peak_memory_gb, read_jsonl
 from .optimizer import build_optimizer, deepspeed_skips_nonfinite, optimizer_step_suppressed, plain_gradients_finite
+from .run_dir_check import check_shared_run_dir
 from .resume_guard import RESUME_OFF, ResumePlan, marked_tags, past_end_message, plan_resume
 from .signals import StopRequest
 from .tasks import StepContext, Task, build_task
@@ -56,20 +58,15 @@ def ds_config_for(cfg: Config, world_size: int, load_universal: bool = False) ->
 
 
 def validate(cfg: Config, task: Task, run_dir: str | Path | None = None, resume: str = "auto",
-             allow_config_change: bool = False) -> ResumePlan:
+             allow_config_change: bool = False, deep: bool | None = None) -> ResumePlan:
     """Everything that can be checked before a process group or a file exists, the resume point
-    included (see resume_guard); the plan to resume by (an empty one without `run_dir`)."""
-    plan = ResumePlan()
-    if run_dir is not None and resume in RESUME_OFF:
-        existing = marked_tags(Path(run_dir) / "checkpoints")
-        if existing:
-            raise ValueError(f"--resume off, but {run_dir} already holds checkpoints (latest: step {existing[-1][0]}); "
-                             "use --resume auto to continue that run, or another --output to start a new one")
-    elif run_dir is not None:
-        plan = plan_resume(cfg, run_dir, resume, allow_config_change)
-        if plan.checkpoint is not None:
-            read_jsonl(Path(run_dir) / METRICS_FILE)  # a damaged metrics.jsonl is named now, not after DeepSpeed starts
-            task.resume_from = plan.checkpoint.path  # its weights come from the checkpoint (model.init is not read)
+    included (see resume_guard); the plan to resume by (an empty one without `run_dir`). `deep`:
+    also open the resume checkpoint's weight files; default only when the job is one process, since
+    in a multi-rank job every rank would open every rank's files: rank 0 does that once the process
+    group exists (`checked_resume_plan`)."""
+    if deep is None:
+        deep = distmod.launched_world_size() == 1
+    plan = _resume_plan(cfg, task, run_dir, resume, allow_config_change, deep)
     task.validate()
     if plan.checkpoint is not None:  # e.g. a re-packed manifest lists the same classes in another order
         task.check_checkpoint_record(plan.meta, plan.checkpoint.path)
@@ -85,6 +82,43 @@ def validate(cfg: Config, task: Task, run_dir: str | Path | None = None, resume:
     if train.max_steps is None and train.epochs <= 0:
         raise ValueError(f"train.epochs must be positive (or set train.max_steps), got {train.epochs}")
     return plan
+
+
+def _resume_plan(cfg: Config, task: Task, run_dir: str | Path | None, resume: str, allow_config_change: bool,
+                 deep: bool) -> ResumePlan:
+    plan = ResumePlan(checked_files=deep)
+    if run_dir is not None and resume in RESUME_OFF:
+        existing = marked_tags(Path(run_dir) / "checkpoints")
+        if existing:
+            raise ValueError(f"--resume off, but {run_dir} already holds checkpoints (latest: step {existing[-1][0]}); "
+                             "use --resume auto to continue that run, or another --output to start a new one")
+    elif run_dir is not None:
+        plan = plan_resume(cfg, run_dir, resume, allow_config_change, deep)
+        if plan.checkpoint is not None:
+            read_jsonl(Path(run_dir) / METRICS_FILE)  # a damaged metrics.jsonl is named now, not after DeepSpeed starts
+            task.resume_from = plan.checkpoint.path  # its weights come from the checkpoint (model.init is not read)
+    return plan
+
+
+def checked_resume_plan(plan: ResumePlan, cfg: Config, task: Task, run_dir: Path, resume: str,
+                        allow_config_change: bool, dist: distmod.DistInfo) -> ResumePlan:
+    """Rank 0's plan on every rank. When the ranks only listed the checkpoint's files before the
+    process group existed, rank 0 now plans again opening them (falling back past damaged tags as
+    `--resume auto` does) and every rank gets its plan, or raises its error (ConfigError)."""
+    outcome = plan
+    if dist.is_main and not plan.checked_files:
+        try:
+            outcome = _resume_plan(cfg, task, run_dir, resume, allow_config_change, deep=True)
+            if outcome.checkpoint is not None:
+                task.check_checkpoint_record(outcome.meta, outcome.checkpoint.path)
+        except (ValueError, OSError) as exc:  # DamagedCheckpoint, a changed config, ...: one message for all
+            outcome = ConfigError(str(exc))
+    outcome = distmod.broadcast_object(outcome if dist.is_main else None)
+    if isinstance(outcome, ConfigError):
+        raise outcome
+    if outcome.checkpoint is not None:
+        task.resume_from = outcome.checkpoint.path
+    return outcome
 
 
 def _seed_all(seed: int) -> None:
@@ -149,17 +183,21 @@ class _Schedule:
 
 
 def run(cfg: Config, run_dir: str | Path | None = None, resume: str = "auto", task: Task | None = None,
-        allow_config_change: bool = False) -> TrainResult:
+        allow_config_change: bool = False, plan: ResumePlan | None = None) -> TrainResult:
     """Train `cfg` into `run_dir` (default run.output); `resume` is 'auto', 'off' or a checkpoint path.
     `allow_config_change` (the launchers' --allow-config-change) accepts a resume whose run-defining
-    config keys changed."""
+    config keys changed. `plan`: what `validate` returned for these same arguments and `task`, when
+    the caller already validated (it is not done twice)."""
     run_dir = Path(run_dir or cfg.run.output)
     cfg.run.output = str(run_dir)
     task = task or build_task(cfg)
-    plan = validate(cfg, task, run_dir, resume, allow_config_change)
+    if plan is None:
+        plan = validate(cfg, task, run_dir, resume, allow_config_change)
     stop = StopRequest()
     try:
-        return _Trainer(cfg, run_dir, task, stop).train(plan)
+        trainer = _Trainer(cfg, run_dir, task, stop)
+        plan = checked_resume_plan(plan, cfg, task, run_dir, resume, allow_config_change, trainer.dist)
+        return trainer.train(plan)
     finally:
         stop.close()
 
@@ -168,6 +206,7 @@ class _Trainer:
     def __init__(self, cfg: Config, run_dir: Path, task: Task, stop: StopRequest) -> None:
         self.cfg, self.run_dir, self.task, self.stop = cfg, run_dir, task, stop
         self.dist = distmod.init_distributed(cfg.train.dist_timeout_s)
+        check_shared_run_dir(run_dir, self.dist)  # node-local --output would fail only at the first resume
         self.ckpts = CheckpointManager(run_dir / "checkpoints", self.dist, cfg.train.keep_last)
         self._set_aside: list[tuple[Path, str | None]] = []  # (new path, why damaged / None) of tags moved aside
         self._config_written: Path | None = None  # config.resume-*.yaml written for a changed resume (rank 0)
@@ -221,7 +260,6 @@ class _Trainer:
     # ---- the loop -----------------------------------------------------------------------------
     def train(self, plan: ResumePlan) -> TrainResult:
         cfg, dist, task = self.cfg, self.dist, self.task
-        plan = distmod.broadcast_object(plan if dist.is_main else None)  # rank 0's view decides for all
         ckpt = plan.checkpoint
         engine, load = self._build_engine(ckpt)
         if ckpt is not None:
@@ -266,6 +304,11 @@ class _Trainer:
         ckpt, run_dir = plan.checkpoint, self.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         first = run_dir / "config.yaml"
+        if ckpt is None and first.exists() and _differs(first, self.cfg):  # an earlier attempt saved no checkpoint
+            kept = _free_name(run_dir / "config.after-step_0.yaml")
+            first.rename(kept)
+            print(f"{run_dir} holds no checkpoint: starting afresh; the earlier attempt's config.yaml is now "
+                  f"{kept.name}", flush=True)
         if ckpt is None or not first.exists():
             save_config(self.cfg, first)
         elif plan.changes:
@@ -422,6 +465,23 @@ class _Trainer:
         if results:
             shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items())
             log.event("eval", f"eval at step {step}: {shown}", step=step, **results)
+
+
+def _differs(path: Path, cfg: Config) -> bool:
+    """Whether the config file at `path` resolves to another config than `cfg`."""
+    import yaml
+    try:
+        return yaml.safe_load(path.read_text()) != yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))
+    except yaml.YAMLError:
+        return True
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `path` with .1, .2, ... before its suffix when taken: nothing earlier is replaced."""
+    candidate, k = path, 1
+    while candidate.exists():
+        candidate, k = path.with_name(f"{path.stem}.{k}{path.suffix}"), k + 1
+    return candidate
 
 
 def task_has_eval(task: Task) -> bool:

@@ -114,6 +114,10 @@ def test_config_error_stops_before_any_work(tmp_path, nohuman):
     done = run(plain_cmd(*common_args(run_dir, nohuman, "train.zero_stage=0", "train.offload=cpu")))
     assert done.returncode == 2 and "needs ZeRO" in done.stderr
     assert not run_dir.exists()
+    done = run(plain_cmd(*common_args(run_dir, nohuman, "train.micro_batch=32")))  # before DeepSpeed starts
+    assert done.returncode == 2 and "holds 16 videos, fewer than one global batch (1 rank(s) x " \
+        "train.micro_batch 32)" in done.stderr and "Traceback" not in done.stderr
+    assert not run_dir.exists()
 
 
 def test_reference_run_writes_a_complete_run_directory(reference):
@@ -182,6 +186,8 @@ def test_killed_save_keeps_the_previous_checkpoint_and_resume_is_exact(tmp_path,
     resumed = run(cmd)  # the same command again
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     assert "resuming from" in resumed.stdout and "step_00000004 at step 4" in resumed.stdout
+    assert "config changed" not in resumed.stdout + resumed.stderr  # --output is the run's directory, not a change
+    assert not list(run_dir.glob("config.resume-*.yaml"))
     events = read_jsonl(run_dir / "events.jsonl")
     assert [e["step"] for e in events if e["event"] == "resume"] == [4]
     assert losses(run_dir) == losses(reference)  # step for step, bit for bit
@@ -250,3 +256,50 @@ def test_a_stop_signal_to_the_whole_process_group_workers_included_saves(tmp_pat
     stop = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "stop"]
     assert len(stop) == 1 and stop[0]["signal"] == sig.name
     assert latest_tag(run_dir) == f"step_{stop[0]['step']:08d}"
+
+
+# Start-up checks at scale: rank 0 checks once the process group exists, the other ranks do not repeat them.
+COUNTING = REPO / "tests" / "helpers" / "counting_launch.py"
+
+
+def counts(folder: Path) -> list[dict]:
+    return [json.loads((folder / f"counts_{rank}.json").read_text()) for rank in range(2)]
+
+
+def test_missing_shards_are_checked_by_rank_0_alone_and_stop_every_rank(tmp_path, nohuman,
+                                                                       two_ranks_without_launcher):
+    """Every rank stat-ing every shard is ranks x shards metadata requests per start on a shared filesystem."""
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(nohuman.parent, data)
+    lost = sorted(data.glob("*.tar"))[1]
+    lost.unlink()
+    run_dir = tmp_path / "run"
+    done = two_ranks_without_launcher([str(COUNTING), str(tmp_path), "pretrain", *common_args(run_dir, data / nohuman.name)])
+    for rank, finished in enumerate(done):
+        assert finished.returncode == 2, (rank, finished.stderr[-3000:])
+        assert f"shards of manifest {data / nohuman.name} cannot be used (missing: {lost})" in finished.stderr, \
+            finished.stderr[-3000:]
+    rank0, rank1 = counts(tmp_path)
+    assert rank0["shard_stats"] == len(list(data.glob("*.tar"))) + 1 and rank1["shard_stats"] == 0
+    assert not (run_dir / "config.yaml").exists() and not (run_dir / "checkpoints").exists()  # nothing written
+
+
+def test_a_damaged_checkpoint_is_found_by_rank_0_alone_and_every_rank_falls_back(tmp_path, nohuman, reference,
+                                                                                 two_ranks_without_launcher):
+    """The ranks only list the checkpoint's files before the process group exists; rank 0 then opens
+    them, finds rank 1's file of step 8 cut short, and every rank resumes from step 6."""
+    import shutil
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    cut = run_dir / "checkpoints" / "step_00000008" / "rank_00001.pt"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    done = two_ranks_without_launcher([str(COUNTING), str(tmp_path), "pretrain", *common_args(run_dir, nohuman)])
+    assert all(d.returncode == 0 for d in done), [d.stderr[-3000:] for d in done]
+    rank0, rank1 = counts(tmp_path)
+    assert rank0["zip_checks"] > 0 and rank1["zip_checks"] == 0
+    events = read_jsonl(run_dir / "events.jsonl")
+    assert [e["step"] for e in events if e["event"] == "resume"][-1] == 6
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step_00000008")) == [
+        "step_00000008", "step_00000008.damaged"]  # set aside, then saved again
+    assert losses(run_dir) == losses(reference)

@@ -87,7 +87,8 @@ def test_launch_evaluate_defaults_to_the_config_of_the_checkpoint_it_tests(runs,
     out, _ = runs
     run_dir = out / "run"
     seen = []
-    monkeypatch.setattr(classify, "evaluate_checkpoint", lambda cfg, checkpoint, out_file: seen.append((cfg, checkpoint)))
+    monkeypatch.setattr(classify, "evaluate_checkpoint",
+                        lambda cfg, checkpoint, out_file, overwrite: seen.append((cfg, checkpoint)))
     launch = _launch_evaluate()
     assert launch.main([str(run_dir), "data.test_clips=3"]) == 0
     cfg, checkpoint = seen[-1]

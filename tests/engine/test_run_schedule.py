@@ -76,3 +76,13 @@ def test_a_run_stopped_before_its_final_evaluation_evaluates_on_resume(outcomes)
     assert results["stop_at_end_resumed_again"]["evaluated"] == []  # owed once, not on every restart
     events = [e["event"] for e in read_jsonl(out / "final" / "events.jsonl")]
     assert events.count("eval") == 1 and "eval_pending" in events
+
+
+def test_a_fresh_start_keeps_the_config_and_records_of_an_attempt_that_saved_no_checkpoint(outcomes):
+    out, results = outcomes
+    run_dir = out / "crashed"
+    assert results["fresh_after_crash"]["step"] == 2
+    assert (run_dir / "config.after-step_0.yaml").read_text() == "an: earlier attempt's config\n"
+    assert "earlier attempt" not in (run_dir / "config.yaml").read_text() and "task: mae" in (run_dir / "config.yaml").read_text()
+    assert read_jsonl(run_dir / "metrics.after-step_0.jsonl") == [{"step": 1, "loss": 9.0}]
+    assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ppma_scale.config import load_config
 from ppma_scale.engine.dist import resolve_launch_env
@@ -120,17 +121,44 @@ def test_linear_probe_keeps_the_trunk_bit_identical(linprobe, align):
     assert len(trunk_keys) == len([k for k in before if k.startswith("encoder.")]) > 10
     for key in trunk_keys:
         assert torch.equal(after[key], before[key]), key
-    assert not torch.equal(after["head.fc.weight"][:, :4], torch.zeros(4, 4))
+    assert after["head.fc.bias"].abs().max() > 1e-4  # the head trained: its bias starts at zeros
     losses = [m["loss"] for m in read_jsonl(run_dir / "metrics.jsonl")]
     assert len(losses) == 6 and all(0 < loss < 10 for loss in losses)
 
 
-def test_evaluate_launcher_reproduces_the_runs_own_test(linprobe):
+def test_a_run_named_by_model_init_is_merged_by_rank_0_alone(align, tiny_shards, tmp_path, two_ranks_without_launcher):
+    """Each rank merging the source's ZeRO partitions would read every source rank's optimizer files."""
+    run_dir = tmp_path / "probe"
+    done = two_ranks_without_launcher([str(REPO / "tests" / "helpers" / "counting_launch.py"), str(tmp_path),
+                                       "linprobe", "--config", str(DEMO / "linprobe_test.yaml"), "--output",
+                                       str(run_dir), f"model.init={align[0]}", "train.max_steps=1",
+                                       f"data.train={tiny_shards['downstream_train']}",
+                                       f"data.val={tiny_shards['downstream_val']}"], timeout=240)
+    assert all(d.returncode == 0 for d in done), [d.stderr[-3000:] for d in done]
+    merges = [json.loads((tmp_path / f"counts_{rank}.json").read_text())["zero_merges"] for rank in range(2)]
+    assert merges == [1, 0]
+    assert f"trunk from {align[0]} (ours layout" in done[0].stdout  # the user's path, not the merged file's
+    assert not list(run_dir.glob(".merged-*")), "the merged file is removed once every rank has read it"
+    before, after = read_state_dict(align[0]), read_state_dict(run_dir)
+    assert all(torch.equal(after[k], before[k]) for k in after if k.startswith("encoder."))
+
+
+def test_evaluate_launcher_reproduces_the_runs_own_test(linprobe, tiny_shards):
     run_dir, _ = linprobe
     done = subprocess.run([sys.executable, str(REPO / "launch" / "evaluate.py"), str(run_dir)], capture_output=True,
                           text=True, timeout=180, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-4000:]
-    standalone = json.loads((run_dir / "eval" / "test_step_00000006.json").read_text())
+    written = run_dir / "eval" / "test_step_00000006.json"
+    standalone = json.loads(written.read_text())
+    assert (standalone["checkpoint"], standalone["step"]) == (str(run_dir / "checkpoints" / "step_00000006"), 6)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
+    assert (standalone["data_val"], standalone["test_clips"], standalone["test_crops"]) == (
+        [str(tiny_shards["downstream_val"])], saved["test_clips"], saved["test_crops"])
+    before = written.read_bytes()
+    again = subprocess.run([sys.executable, str(REPO / "launch" / "evaluate.py"), str(run_dir), "data.test_clips=2"],
+                           capture_output=True, text=True, timeout=180, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 2 and "already holds an evaluation (of " in again.stderr, again.stderr[-3000:]
+    assert "--overwrite" in again.stderr and written.read_bytes() == before
     in_training = only_eval(run_dir)
     assert standalone["confusion"] == in_training["confusion"]
     assert standalone["top1"] == pytest.approx(in_training["top1"])
@@ -204,7 +232,7 @@ def test_a_linear_probe_batch_larger_than_its_data_is_refused_before_the_feature
                       str(out), f"model.init={align[0]}", f"data.train={tiny_shards['downstream_train']}",
                       f"data.val={tiny_shards['downstream_val']}", "train.micro_batch=64")
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "holds 16 videos, fewer than one global batch (1 ranks x train.micro_batch 64)" in done.stderr
+    assert "holds 16 videos, fewer than one global batch (1 rank(s) x train.micro_batch 64)" in done.stderr
     assert "Traceback" not in done.stderr and not out.exists()
 
 

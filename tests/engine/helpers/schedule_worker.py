@@ -58,6 +58,12 @@ attempt("stop_mid_window_resumed", SignalledTask, "window", resume="auto", log_e
 attempt("stop_at_end", EvaluatingTask, "final", signal_at=3, max_steps=4, eval_every=0)
 attempt("stop_at_end_resumed", EvaluatingTask, "final", resume="auto", max_steps=4, eval_every=0)
 attempt("stop_at_end_resumed_again", EvaluatingTask, "final", resume="auto", max_steps=4, eval_every=0)
+# an earlier attempt that died before its first checkpoint: its config and records are kept aside
+crashed = out / "crashed"
+crashed.mkdir()
+(crashed / "config.yaml").write_text("an: earlier attempt's config\n")
+(crashed / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+attempt("fresh_after_crash", SignalledTask, "crashed", resume="auto", max_steps=2)
 (out / "outcomes.json").write_text(json.dumps(outcomes))
 
 from ppma_scale.engine.dist import exit_rank, shutdown  # noqa: E402

@@ -125,6 +125,7 @@ class TrainStream:
         return {"format": STATE_FORMAT, "rank": self.ctx.rank, "world_size": layout.world_size,
                 "workers": layout.workers, "batch": layout.batch, "mix": layout.mix, "seed": self.ctx.seed,
                 "block": self.ctx.block, "datasets": [[d.name, d.num_samples] for d in self.ctx.datasets],
+                "layouts": [d.layout for d in self.ctx.datasets],
                 "step": self._step, "plan": self._plan.to_state(), "cursors": cursors}
 
     def load_state_dict(self, state: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
@@ -171,6 +172,13 @@ class TrainStream:
         if [list(d) for d in ref["datasets"]] != now:
             raise ValueError(f"the data state was saved for datasets {ref['datasets']} (name, samples); "
                              f"the config now gives {now}")
+        layouts = [d.layout for d in self.ctx.datasets]
+        changed = [d.name for d, saved in zip(self.ctx.datasets, ref.get("layouts", layouts)) if saved != d.layout]
+        if changed:  # same name and size, other shards: sample i is another clip now
+            raise ValueError(f"dataset(s) {changed} hold the same number of samples as when the data state was "
+                             "saved, but in other shards (re-packed?): the resume would repeat some clips and skip "
+                             "others. Train on the shards the run started with, or start a new run from this "
+                             "one's weights (model.init=RUN_DIR)")
         if ref["seed"] != self.ctx.seed or ref["block"] != self.ctx.block:
             raise ValueError(f"the data state was saved with seed {ref['seed']} and shuffle_buffer {ref['block']}; "
                              f"the config now has {self.ctx.seed} and {self.ctx.block}: set them back to resume")

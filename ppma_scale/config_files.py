@@ -57,11 +57,14 @@ def read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dic
         loop = " -> ".join(str(p) for p in (*chain, resolved))
         raise ConfigError(f"config inheritance loops: {loop}")
     try:
-        data = load_yaml(path.read_text()) or {}
+        data = load_yaml(path.read_text())
     except DuplicateKeyError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if data is None:  # empty, or only comments: every setting would silently be a default (ViT-B, bf16, ...)
+        raise ConfigError(f"config file {path} is empty: it sets nothing (start from configs/vitb.yaml or "
+                          "another file in configs/)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, not {type(data).__name__}")
     merged: dict = {}

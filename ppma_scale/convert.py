@@ -54,6 +54,10 @@ def convert(args: argparse.Namespace) -> dict:
     written = [out] if args.to == "trunk" else [out / "model.safetensors", out / "config.json"]
     refuse_overwriting_inputs(written, [args.input])
     refuse_replacing_outputs(written, args.overwrite)
+    from ppma_scale.engine.pretrained import is_run_or_checkpoint
+    if is_run_or_checkpoint(Path(args.input).expanduser()):
+        raise ValueError(f"{args.input} is a training run or checkpoint folder: export its weights first "
+                         f"(python -m ppma_scale.export {args.input}), then convert the .safetensors file")
     state = load_weights_file(args.input)
     trunk, layout = to_trunk_state_dict(state)
     recorded = recorded_clip_geometry(args.input)  # a ppma-export file knows its run's clips

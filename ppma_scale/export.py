@@ -45,6 +45,9 @@ def export_checkpoint(source: str | Path, output: str | Path | None = None, dtyp
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     ckpt = find_checkpoint(source, what="export source")
     output = Path(output) if output is not None else ckpt.root.parent / "export" / f"{ckpt.tag}.safetensors"
+    if ckpt.root.resolve() in output.expanduser().resolve().parents:  # even with --overwrite: it is the input
+        raise ValueError(f"the output {output} is inside {ckpt.root}, the checkpoints being exported: write "
+                         "it elsewhere (default: RUN_DIR/export/)")
     refuse_replacing_outputs([output], overwrite)
     state = {k: v.to(DTYPES[dtype]) for k, v in consolidated_state_dict(ckpt).items()}
     marker = json.loads((ckpt.path / "ppma_complete.json").read_text())

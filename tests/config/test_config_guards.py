@@ -96,3 +96,12 @@ def test_a_base_that_is_not_a_path_is_a_config_error(tmp_path: Path, text: str) 
     bad = write(tmp_path / "bad.yaml", text)
     with pytest.raises(ConfigError, match=r"base: in .*bad.yaml must be a config file path or a list of them"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n"])
+def test_an_empty_config_file_is_refused_not_read_as_all_defaults(tmp_path: Path, text: str) -> None:
+    empty = write(tmp_path / "empty.yaml", text)
+    with pytest.raises(ConfigError, match=r"config file .*empty.yaml is empty: it sets nothing"):
+        load_config(empty, [MANIFEST])
+    with pytest.raises(ConfigError, match=r"empty.yaml is empty"):  # also as a base
+        load_config(write(tmp_path / "child.yaml", "base: empty.yaml\ntrain: {micro_batch: 2}\n"), [MANIFEST])

@@ -136,6 +136,15 @@ def test_export_keeps_an_earlier_export_unless_told_to_replace_it(matrix, tmp_pa
     assert done.returncode == 0 and out.read_bytes() != b"an export the user already has", done.stderr[-3000:]
 
 
+def test_export_never_writes_into_the_checkpoints_it_reads(matrix):
+    model_states = matrix / "z0_fp32" / "checkpoints" / "step_00000004" / "mp_rank_00_model_states.pt"
+    before = model_states.read_bytes()
+    done = subprocess.run([sys.executable, "-m", "ppma_scale.export", str(matrix / "z0_fp32"), "--output",
+                           str(model_states), "--overwrite"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "is inside" in done.stderr and "the checkpoints being exported" in done.stderr
+    assert model_states.read_bytes() == before
+
+
 def test_export_errors_are_clear(tmp_path):
     done = subprocess.run([sys.executable, "-m", "ppma_scale.export", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 2 and "no complete checkpoint" in done.stderr

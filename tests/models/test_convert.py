@@ -328,7 +328,7 @@ def test_mae_task_checks_model_init_early_unless_resuming(tmp_path):
     from ppma_scale.data.manifest import FORMAT
     manifest = tmp_path / "manifest.json"  # validate reads the manifest and stats its shard (never opens it)
     (tmp_path / "s.tar").write_bytes(b"0" * 10)
-    shard = {"url": "s.tar", "samples": 1, "bytes": 10, "sha256": ""}
+    shard = {"url": "s.tar", "samples": 8, "bytes": 10, "sha256": ""}  # one global batch (micro_batch 8)
     manifest.write_text(json.dumps({"format": FORMAT, "dataset": "d", "classes": ["a"], "shards": [shard]}))
     with pytest.raises(FileNotFoundError, match="model.init: .*gone does not exist"):
         mae_task(str(tmp_path / "gone"), data_train=str(manifest)).validate()
@@ -387,3 +387,12 @@ def test_a_hugging_face_folder_reports_only_its_head_as_dropped(tmp_path, hf_cla
     source = read_trunk(tmp_path / "hf")
     assert source.layout == "hf" and {k.split(".")[0] for k in source.dropped} == {"classifier", "fc_norm"}
     assert "dropped 4 non-trunk tensors (classifier, fc_norm)" in source.describe()
+
+
+def test_cli_points_a_run_directory_to_export(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    assert convert_main([str(run), str(tmp_path / "t.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} is a training run or checkpoint folder: export its weights first" in err
+    assert f"python -m ppma_scale.export {run}" in err and not (tmp_path / "t.safetensors").exists()

@@ -5,7 +5,15 @@
 - CSV with a header: `path,label` (integer ids), `path,label_name` (names) or both (then they
   must agree: id -> name is one mapping);
 - a folder holding one sub-folder per class (class names = folder names, sorted); files beside the
-  class folders have no class and are listed as rejected.
+  class folders have no class and are listed as rejected. The pack's own output folder is never
+  listed (`exclude`), nor a folder that holds nothing but the way to it: `--output` may lie inside
+  the class-folder tree (e.g. `videos/shards`), and its shards, created by the first run, must not
+  turn into a class (or a clip) on the next one: that would change the job, so a rerun could not
+  resume, and an `--overwrite` would add a class and shift every later label id.
+
+A path listed twice in a split file or CSV (same file after normalising `./`, `..` and `//`) is
+packed once, from its first listing; each later listing becomes an input rejected with a reason
+naming the line of the first one (and both labels when they disagree).
 
 Text files are read as UTF-8, with or without the byte-order mark Excel and Notepad write.
 
@@ -16,6 +24,7 @@ an error here: pack rejects them one by one with a reason, as with any other bad
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,10 +72,34 @@ def _check_label(label: int, names: list[str] | None, where: str) -> None:
         raise ValueError(f"{where}: label {label} is out of range for {len(names)} class names")
 
 
+def _label_text(label: int, names: list[str] | None) -> str:
+    return f"{label} ({names[label]!r})" if names is not None and 0 <= label < len(names) else str(label)
+
+
+class _Duplicates:
+    """Spots a path listed again: the first listing is kept, later ones get a rejection reason."""
+
+    def __init__(self, listing: Path):
+        self.listing = listing
+        self.first: dict[str, tuple[int, int]] = {}  # normalised path -> (line number, label)
+
+    def reason(self, file: Path, number: int, label: int, names: list[str] | None) -> str | None:
+        first_number, first_label = self.first.setdefault(os.path.normpath(file), (number, label))
+        if first_number == number:
+            return None
+        reason = (f"listed more than once: {self.listing}:{first_number} already lists this file (only the first "
+                  "listing is used)")
+        if first_label != label:
+            reason += (f"; the two listings disagree on its label: {_label_text(first_label, names)} on line "
+                       f"{first_number}, {_label_text(label, names)} on line {number}")
+        return reason
+
+
 def _read_split(path: Path, root: Path, names: list[str] | None) -> tuple[list[SourceItem], list[str]]:
     if names is None and (path.parent / "classes.txt").is_file():
         names = read_class_names(path.parent / "classes.txt")
     items = []
+    duplicates = _Duplicates(path)
     for number, line in enumerate(path.read_text(encoding=ENCODING).splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -78,7 +111,8 @@ def _read_split(path: Path, root: Path, names: list[str] | None) -> tuple[list[S
         except ValueError:
             raise ValueError(f"{path}:{number}: label {label_text!r} is not an integer id") from None
         _check_label(label, names, f"{path}:{number}")
-        items.append(SourceItem(len(items), root / rel, rel, label))
+        reason = duplicates.reason(root / rel, number, label, names)
+        items.append(SourceItem(len(items), root / rel, rel, label, reason))
     if names is None:
         names = [str(i) for i in range(max((it.label for it in items), default=-1) + 1)]
     return items, names
@@ -151,17 +185,47 @@ def _read_csv(path: Path, root: Path, names: list[str] | None) -> tuple[list[Sou
     if names is None:
         names = [str(i) for i in range(max((_label_id(r, f"{path}:{n}") for r, n in rows), default=-1) + 1)]
     items = []
+    duplicates = _Duplicates(path)
     for row, number in rows:
         where = f"{path}:{number}"
         if not row["path"]:
             raise ValueError(f"{where}: empty path")
         label = _csv_label(row, fields, names, where)
-        items.append(SourceItem(len(items), root / row["path"], row["path"], label))
+        reason = duplicates.reason(root / row["path"], number, label, names)
+        items.append(SourceItem(len(items), root / row["path"], row["path"], label, reason))
     return items, names
 
 
-def _read_folders(root: Path, names: list[str] | None) -> tuple[list[SourceItem], list[str]]:
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _leads_only_to(entry: Path, target: Path) -> bool:
+    """`entry` is the folder `target` (both resolved), or a folder holding nothing (hidden names aside)
+    but the way down to it, e.g. `videos/out` for `--output videos/out/shards`, which pack itself
+    created on an earlier run."""
+    if entry == target:
+        return True
+    try:
+        parts = target.relative_to(entry).parts
+    except ValueError:
+        return False
+    for part in parts:
+        if not entry.is_dir() or {p.name for p in entry.iterdir() if not p.name.startswith(".")} != {part}:
+            return False
+        entry = entry / part
+    return True
+
+
+def _is_excluded(entry: Path, exclude: Path | None) -> bool:
+    if exclude is None:
+        return False
+    resolved = entry.resolve()
+    return (resolved == exclude or exclude in resolved.parents) or _leads_only_to(resolved, exclude)
+
+
+def _read_folders(root: Path, names: list[str] | None,
+                  exclude: Path | None = None) -> tuple[list[SourceItem], list[str]]:
+    exclude = exclude.resolve() if exclude is not None else None
+    inside = exclude is not None and root.resolve() in exclude.parents  # else no entry can be it
+    entries = [p for p in root.iterdir() if not p.name.startswith(".") and not (inside and _is_excluded(p, exclude))]
+    folders = sorted(p.name for p in entries if p.is_dir())
     if not folders:
         raise ValueError(f"{root}: expected one sub-folder per class, found none")
     if names is None:
@@ -171,12 +235,15 @@ def _read_folders(root: Path, names: list[str] | None) -> tuple[list[SourceItem]
         raise ValueError(f"{root}: class folders {unknown} are not in the class names file")
     items = []
     for name in folders:
+        holds_output = inside and (root / name).resolve() in exclude.parents
         for clip in sorted((root / name).iterdir()):
             if clip.name.startswith("."):
                 continue  # every other entry is a clip: a stray file is rejected with its reason, not hidden
+            if holds_output and _is_excluded(clip, exclude):
+                continue  # the pack's output (or the folders holding only it) inside a class folder
             rel = f"{name}/{clip.name}"
             items.append(SourceItem(len(items), clip, rel, names.index(name)))
-    for stray in sorted(p for p in root.iterdir() if not p.is_dir() and not p.name.startswith(".")):
+    for stray in sorted(p for p in entries if not p.is_dir()):
         items.append(SourceItem(len(items), stray, stray.name, -1, STRAY_REASON))  # listed, never dropped silently
     return items, names
 
@@ -186,7 +253,7 @@ def ids_without_clips(items: list[SourceItem], names: list[str]) -> list[int]:
     names file): a 1-based listing or a subset of classes then silently widens the model's output."""
     if names != [str(i) for i in range(len(names))]:
         return []
-    used = {item.label for item in items}
+    used = {item.label for item in items if item.reason is None}  # not a duplicate listing's label
     return [i for i in range(len(names)) if i not in used]
 
 
@@ -201,8 +268,11 @@ def listing_root(source: str | Path, root: str | Path | None = None) -> Path:
 
 
 def read_inputs(source: str | Path, root: str | Path | None = None, classes: str | Path | None = None,
-                input_format: str = "auto") -> tuple[list[SourceItem], list[str]]:
-    """Parse the input listing into items (in listing order) and the class names (label id -> name)."""
+                input_format: str = "auto", exclude: str | Path | None = None) -> tuple[list[SourceItem], list[str]]:
+    """Parse the input listing into items (in listing order) and the class names (label id -> name).
+
+    `exclude` (the pack's output folder) is never listed from a folder of class folders (see the module
+    docstring); a split file or CSV lists its paths explicitly and is not affected."""
     source = Path(source)
     if input_format not in FORMATS:
         raise ValueError(f"input format {input_format!r} is unknown; expected one of {FORMATS}")
@@ -214,7 +284,7 @@ def read_inputs(source: str | Path, root: str | Path | None = None, classes: str
     if input_format == "folders":
         if not source.is_dir():
             raise ValueError(f"input {source}: format 'folders' needs a directory of class folders")
-        items, names = _read_folders(source, names)
+        items, names = _read_folders(source, names, Path(exclude) if exclude is not None else None)
     else:
         if not source.is_file():
             raise ValueError(f"input {source}: format {input_format!r} needs a file")

@@ -9,14 +9,21 @@ Re-running the same command after an interruption (kill -9 included) keeps the f
 goes on from the first unfinished one; `manifest.json` is written last, so its presence means done.
 Shards the job did not write (another job's, or ones no journal vouches for) are never deleted or
 overwritten without `--overwrite`, which repacks from scratch (and so retries rejected inputs).
+A finished set is reused only while its shards still have the sizes its manifest records.
+
+One job at a time writes a folder: a second `ppma-pack` on the same `--output` stops with an error
+naming the job that holds it (see `journal.OutputLock`). Ctrl-C stops a job with one line; the
+same command resumes it.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import multiprocessing
 import random
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -26,7 +33,7 @@ from tqdm import tqdm
 
 from ppma_scale.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, load_manifest, name_some
 from shards_tools.inputs import FORMATS, SourceItem, ids_without_clips, listing_root, read_inputs
-from shards_tools.journal import Journal, ShardFile, remove_unlisted_shards, shard_files
+from shards_tools.journal import Journal, OutputLock, ShardFile, remove_unlisted_shards, shard_files
 from shards_tools.parallel import ItemResult, default_workers, encode_in_order, encode_item
 from shards_tools.transcode import DEFAULT_CRF, EncodeSettings
 from shards_tools.videoio import video_extension
@@ -34,6 +41,15 @@ from ppma_scale.cli import run_tool
 
 TOOL_VERSION = 1
 TAR_OVERHEAD = 3 * 1024  # three tar headers + block padding per sample (upper bound), for --max-size
+EXIT_INTERRUPTED = 130  # the shell's code for a job stopped by SIGINT
+
+
+class PackInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a pack; `packed` clips are in journaled shards, which the same command keeps."""
+
+    def __init__(self, packed: int):
+        super().__init__(packed)
+        self.packed = packed
 
 
 def sample_key(item: SourceItem) -> str:
@@ -112,10 +128,39 @@ def _prepare_output(output: Path, fingerprint: str, prefix: str, overwrite: bool
 
 
 def _encode_listed(item: SourceItem, settings: EncodeSettings) -> ItemResult:
-    """Encode an input, or reject it with the reason the listing already gave (e.g. no class folder)."""
+    """Encode an input, or reject it with the reason the listing already gave (e.g. no class folder).
+    In a worker process Ctrl-C is left to the parent (which stops the pool and reports once); a
+    worker's own KeyboardInterrupt would only add a traceback per worker."""
+    if multiprocessing.parent_process() is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if item.reason is not None:
         return ItemResult(item, reason=item.reason)
     return encode_item(item, settings)
+
+
+def _check_output_folder(output: Path) -> None:
+    """`--output` names a folder: one that exists, or one that can be created (no file on its way)."""
+    for path in (output, *output.parents):
+        if path.is_dir():
+            return
+        if path.exists() or path.is_symlink():
+            what = "a file" if path.is_file() else "not a folder"
+            raise ValueError(f"--output must be a folder; {path} is {what}" +
+                             ("" if path == output else f" (on the way to {output})"))
+
+
+def _damaged_shards(output: Path, manifest: Manifest) -> list[str]:
+    """The finished set's shards that are gone or no longer have the size its manifest records."""
+    damaged = []
+    for shard in manifest.shards:
+        try:
+            size = (output / shard.url).stat().st_size
+        except FileNotFoundError:
+            damaged.append(f"{shard.url} (missing)")
+            continue
+        if size != shard.bytes:
+            damaged.append(f"{shard.url} ({size} bytes, the manifest says {shard.bytes})")
+    return damaged
 
 
 def _report_reused(output: Path, manifest: Manifest) -> None:
@@ -124,6 +169,18 @@ def _report_reused(output: Path, manifest: Manifest) -> None:
     if manifest.rejected:
         print(f"{output}: {len(manifest.rejected)} input(s) were rejected by that pack (listed in {MANIFEST_NAME}) "
               "and are not retried; once they are fixed, rerun with --overwrite to repack them", file=sys.stderr)
+
+
+def _stop(results: Any, writer: "_SpanWriter", bar: tqdm) -> None:
+    """After Ctrl-C: stop the workers and drop the unfinished shard. The journal is left as it is: it
+    lists only finished shards (a torn last line is ignored), so the same command resumes after them."""
+    try:
+        results.close()  # shuts the worker pool down
+    except KeyboardInterrupt:
+        pass  # a second Ctrl-C: the workers exit with this process (they watch their parent)
+    finally:
+        writer.discard()
+        bar.close()
 
 
 def _sample(result, dataset: str, names: list[str], extension: str) -> dict[str, Any]:
@@ -175,6 +232,12 @@ class _SpanWriter:
         if self.shard is not None or self.rejected or self.span_start < end:
             self._close_span(end)
 
+    def discard(self) -> None:
+        """Drop the shard being written (not journaled, so a resume redoes its span)."""
+        if self.shard is not None:
+            self.shard.discard()
+            self.shard = None
+
     def _close_span(self, end: int) -> None:
         info = {"url": None, "samples": 0, "bytes": 0, "sha256": "", "frames": 0, "seconds": 0.0}
         if self.shard is not None:
@@ -205,7 +268,11 @@ def pack(source: str | Path, output: str | Path, *, root: str | Path | None = No
     if not re.fullmatch(r"[A-Za-z0-9_-]+", prefix):
         raise ValueError(f"shard prefix {prefix!r} may hold only letters, digits, '_' and '-'")
     output = Path(output)
-    items, names = read_inputs(source, root, classes, input_format)
+    _check_output_folder(output)
+    if Path(source).is_dir() and output.resolve() == Path(source).resolve():
+        raise ValueError(f"--output {output} is the input folder itself: its shards would be listed as inputs "
+                         "on the next run; choose another folder (a new sub-folder of it is fine)")
+    items, names = read_inputs(source, root, classes, input_format, exclude=output)
     empty = ids_without_clips(items, names)
     if empty:
         print(f"WARNING: {source} gives no class names, so the classes are its label ids 0..{len(names) - 1}, and "
@@ -220,8 +287,23 @@ def pack(source: str | Path, output: str | Path, *, root: str | Path | None = No
                "shuffle_seed": shuffle_seed, "dataset": dataset, "tool_version": TOOL_VERSION,
                "root": str(listing_root(source, root).resolve())}
     fingerprint = _fingerprint(ordered, names, options)
+    output.mkdir(parents=True, exist_ok=True)
+    with OutputLock(output):  # held until the manifest is written: one job at a time writes a folder
+        return _pack_locked(source, output, ordered, names, options, fingerprint, settings, dataset=dataset,
+                            prefix=prefix, overwrite=overwrite, workers=workers, progress=progress)
+
+
+def _pack_locked(source: str | Path, output: Path, ordered: list[SourceItem], names: list[str],
+                 options: dict[str, Any], fingerprint: str, settings: EncodeSettings, *, dataset: str, prefix: str,
+                 overwrite: bool, workers: int | None, progress: bool) -> Manifest:
+    max_samples, max_size = options["max_samples"], options["max_size"]
     finished = _prepare_output(output, fingerprint, prefix, overwrite)
     if finished is not None:
+        damaged = _damaged_shards(output, finished)
+        if damaged:
+            raise ValueError(f"{output} holds this job's finished set, but {len(damaged)} of its "
+                             f"{len(finished.shards)} shard(s) are missing or changed size since it was packed: "
+                             f"{name_some(damaged)}; the set is not reused: rerun with --overwrite to repack it")
         if progress or finished.rejected:
             _report_reused(output, finished)
         return finished
@@ -238,15 +320,19 @@ def pack(source: str | Path, output: str | Path, *, root: str | Path | None = No
     bar = tqdm(total=len(ordered), initial=position, unit="file", disable=not progress, smoothing=0.05,
                dynamic_ncols=True, desc=f"pack {dataset}")
     results = encode_in_order(ordered[position:], settings, workers, encode=_encode_listed)
-    for here, result in enumerate(results, start=position):
-        if result.reason is not None:
-            writer.reject(result.item, result.reason)
-        else:
-            writer.add(here, _sample(result, dataset, names, extension), result.meta)
-            packed += 1
-        bar.update(1)
-        bar.set_postfix(shards=writer.shard_number, rejected=writer.rejected_count, refresh=False)
-    writer.finish(len(ordered))
+    try:
+        for here, result in enumerate(results, start=position):
+            if result.reason is not None:
+                writer.reject(result.item, result.reason)
+            else:
+                writer.add(here, _sample(result, dataset, names, extension), result.meta)
+                packed += 1
+            bar.update(1)
+            bar.set_postfix(shards=writer.shard_number, rejected=writer.rejected_count, refresh=False)
+        writer.finish(len(ordered))
+    except KeyboardInterrupt:
+        _stop(results, writer, bar)
+        raise PackInterrupted(sum(e["samples"] for e in entries)) from None
     bar.close()
     manifest = _manifest(entries, dataset, names, {**options, "fingerprint": fingerprint, "source": str(source),
                                                    "workers": workers})
@@ -330,7 +416,12 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         return 0
-    return run_tool("ppma-pack", work)
+    try:
+        return run_tool("ppma-pack", work)
+    except KeyboardInterrupt as exc:
+        done = f" ({exc.packed} clips packed so far)" if isinstance(exc, PackInterrupted) else ""
+        print(f"ppma-pack: interrupted; rerun the same command to resume{done}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -145,18 +145,12 @@ def test_time_limit_warning_is_forwarded_to_the_step_and_the_job_requeued(tmp_pa
 
 
 @pytest.mark.parametrize("template", TEMPLATES)
-def test_a_run_that_finishes_by_itself_is_not_requeued(tmp_path, template):
-    job = Job(tmp_path, template, "exit0").start()
-    assert job.finish() == 0, job.output
+@pytest.mark.parametrize("mode, code", [("exit0", 0), ("fail", 3)])  # finished by itself; failed (job fails)
+def test_a_step_that_ends_without_the_warning_is_not_requeued(tmp_path, template, mode, code):
+    job = Job(tmp_path, template, mode).start()
+    assert job.finish() == code, job.output
     assert job.requeued == []
     assert f"--cpus-per-task={CPUS}" in job.srun_argv
-
-
-@pytest.mark.parametrize("template", TEMPLATES)
-def test_a_failed_step_is_not_requeued_and_fails_the_job(tmp_path, template):
-    job = Job(tmp_path, template, "fail").start()
-    assert job.finish() == 3, job.output
-    assert job.requeued == []
 
 
 @pytest.mark.parametrize("template", TEMPLATES)

@@ -1,7 +1,7 @@
 """What a resume refuses or repairs before DeepSpeed loads anything (resume_guard, checkpoint checks, metrics).
 
 The file-level checks run here on hand-made tags of real torch files; the same guards run on the
-real trainer and DeepSpeed engine in test_resume_engine.py and through the launcher in tests/e2e.
+real trainer and DeepSpeed engine below (helpers/resume_worker.py) and through the launcher in tests/e2e.
 """
 import json
 from pathlib import Path
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ppma_scale.config import build_config, config_to_dict, load_config
-from ppma_scale.engine.checkpoint import (LATEST, MARKER, CheckpointManager, DamagedCheckpoint, find_checkpoint,
+from ppma_scale.engine.checkpoint import (LATEST, MARKER, DamagedCheckpoint, find_checkpoint,
                                           read_checkpoint, tag_for, verify_checkpoint)
 from ppma_scale.engine.dist import DistInfo
 from ppma_scale.engine.metrics import EVENTS_FILE, METRICS_FILE, MetricsLogger
@@ -112,22 +112,6 @@ def test_a_shape_spelled_out_equal_to_its_size_row_is_no_change():
     wider = config_to_dict(build_config(dict(base, model={"size": "b", "depth": 10})))
     assert [(c.key, c.old, c.new, c.kind) for c in compare_configs(old, wider)] == [
         ("model.depth", 12, 10, "incompatible")]
-
-
-def test_a_complete_tag_in_the_way_of_a_save_is_set_aside_not_deleted(tmp_path):
-    class Engine:  # writes what DeepSpeed would, without a model
-        def save_checkpoint(self, root, tag, client_state, save_latest):
-            (Path(root) / tag).mkdir(parents=True, exist_ok=True)
-            torch.save({"new": 1}, Path(root) / tag / "mp_rank_00_model_states.pt")
-
-        def zero_optimization_stage(self):
-            return 0
-
-    root = tmp_path / "checkpoints"
-    old = make_tag(root, 8)
-    CheckpointManager(root, SOLO, keep_last=5).save(Engine(), 8, {}, {})
-    assert torch.load(root / tag_for(8) / "mp_rank_00_model_states.pt", weights_only=True) == {"new": 1}
-    assert (root / f"{old.name}.replaced" / "rank_00001.pt").is_file()
 
 
 def test_resuming_a_classification_run_needs_no_model_init(tmp_path, tiny_shards, capsys):

@@ -86,3 +86,14 @@ def test_a_fresh_start_keeps_the_config_and_records_of_an_attempt_that_saved_no_
     assert "earlier attempt" not in (run_dir / "config.yaml").read_text() and "task: mae" in (run_dir / "config.yaml").read_text()
     assert read_jsonl(run_dir / "metrics.after-step_0.jsonl") == [{"step": 1, "loss": 9.0}]
     assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+
+
+def test_a_complete_tag_in_the_way_of_a_save_is_set_aside_not_deleted(outcomes):
+    import torch
+    out, _ = outcomes
+    root = out / "in_way" / "checkpoints"
+    moved, new = root / "step_00000002.replaced", root / "step_00000002"
+    assert "saved" not in torch.load(moved / "rank_00000.pt", weights_only=False)  # the trainer's own save
+    assert (moved / "ppma_complete.json").is_file() and (moved / "mp_rank_00_model_states.pt").is_file()
+    assert torch.load(new / "rank_00000.pt", weights_only=False) == {"saved": "again"}
+    assert (new / "ppma_complete.json").is_file()

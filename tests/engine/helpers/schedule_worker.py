@@ -66,6 +66,14 @@ crashed.mkdir()
 attempt("fresh_after_crash", SignalledTask, "crashed", resume="auto", max_steps=2)
 (out / "outcomes.json").write_text(json.dumps(outcomes))
 
+# a complete tag in the way of a save is set aside, never deleted (the real engine saves over it)
+in_way = ToyTask(toy_config(max_steps=2))
+run(in_way.cfg, out / "in_way", resume="off", task=in_way)
+from ppma_scale.engine.checkpoint import CheckpointManager  # noqa: E402
+from ppma_scale.engine.dist import init_distributed  # noqa: E402
+CheckpointManager(out / "in_way" / "checkpoints", init_distributed(), keep_last=50).save(
+    in_way.engine, 2, {"saved": "again"}, {})
+
 from ppma_scale.engine.dist import exit_rank, shutdown  # noqa: E402
 
 shutdown()

@@ -122,24 +122,34 @@ def test_a_video_given_more_views_than_clips_x_crops_is_an_error():
         acc.add(torch.zeros(1, 3), torch.tensor([0]), torch.tensor([4]))
 
 
-def test_evaluate_classifier_passes_the_streams_views_per_video(monkeypatch, tmp_path):
+def test_evaluate_classifier_passes_the_streams_views_per_video(monkeypatch, tmp_path, tiny_shards):
     import ppma_scale.engine.classify as classify
+    from ppma_scale.config import load_config
+    from ppma_scale.data.manifest import load_manifest
+    real = classify.views_stream
 
-    class TwiceStream:  # video 5 delivered twice on this rank, video 6 once: 2 videos, as many as it claims
-        num_videos, views_per_video = 2, 2
+    class FirstBatchTwice:  # the real evaluation stream over real shards, its first batch delivered again
+        def __init__(self, *args):
+            self.stream = real(*args)
+
+        def __getattr__(self, name):
+            return getattr(self.stream, name)
 
         def __iter__(self):
-            for index in (5, 6, 5):
-                yield {"video": torch.zeros(1, 2, 3, 2, 4, 4, dtype=torch.uint8), "label": torch.tensor([0]),
-                       "index": torch.tensor([index]), "valid": torch.tensor([True])}
+            batches = iter(self.stream)
+            first = next(batches)
+            yield first
+            yield from batches
+            yield first
 
-        def stats(self):
-            return {}
-
-    monkeypatch.setattr(classify, "views_stream", lambda *args: TwiceStream())
-    cfg = types.SimpleNamespace(data=types.SimpleNamespace(val=["v"]), train=types.SimpleNamespace(micro_batch=4))
-    with pytest.raises(RuntimeError, match="video 5 got more than 2 views"):
-        classify.evaluate_classifier(cfg, SOLO, lambda x: torch.zeros(x.shape[0], 2), tmp_path / "m.json", ["a", "b"])
+    monkeypatch.setattr(classify, "views_stream", FirstBatchTwice)
+    val = tiny_shards["downstream_val"]
+    cfg = load_config(REPO / "configs" / "demo" / "linprobe_test.yaml",
+                      [f"data.train={val}", f"data.val={val}", "data.num_workers=0"])
+    classes = list(load_manifest(val).classes)
+    with pytest.raises(RuntimeError, match=r"video \d+ got more than \d+ views"):
+        classify.evaluate_classifier(cfg, SOLO, lambda x: torch.zeros(x.shape[0], len(classes)), tmp_path / "m.json",
+                                     classes)
 
 
 # 4. `--resume auto` and a stale `latest` -----------------------------------------------------------

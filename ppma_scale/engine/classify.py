@@ -233,14 +233,18 @@ def check_same_classes(recorded: list[str], current: list[str], where: Path) -> 
 
 
 def share_buffers_from_rank0(module: nn.Module) -> None:
-    """Give every rank rank 0's buffers. Each rank updates BatchNorm running statistics (the probe
-    head) from its own batches and DeepSpeed does not sync buffers; checkpoints keep rank 0's, so an
-    evaluation spread over the ranks must use rank 0's too, or it scores a model that was never saved."""
+    """Give every rank rank 0's BatchNorm running statistics. Each rank updates them (the probe head)
+    from its own batches and DeepSpeed does not sync buffers; checkpoints keep rank 0's, so an
+    evaluation spread over the ranks must use rank 0's too, or it scores a model that was never saved.
+    Only those: the other buffers (position tables, a blend's frozen source trunks: hundreds of MB)
+    never change in training and are the same on every rank."""
     import torch.distributed as tdist
     if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
         return
-    for buffer in module.buffers():
-        tdist.broadcast(buffer.data, src=0)
+    for norm in module.modules():
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+            for buffer in norm.buffers(recurse=False):
+                tdist.broadcast(buffer.data, src=0)
 
 
 def gathered(params: list[nn.Parameter]):

@@ -16,13 +16,14 @@ def _rank_main(rank: int, init_file: str, out_dir: str) -> None:
     head = torch.nn.Sequential(torch.nn.BatchNorm1d(4, affine=False), torch.nn.Linear(4, 3))
     torch.manual_seed(0)
     head[1].reset_parameters()
+    head.register_buffer("frozen", torch.full((3,), float(rank)))  # like a blend's source trunks: never trained
     head.train()
     head(torch.randn(16, 4) + 3.0 * rank)  # each rank's batches move its own running statistics
     before = [head[0].running_mean.tolist(), head[0].running_var.tolist()]
     share_buffers_from_rank0(head)
     after = [head[0].running_mean.tolist(), head[0].running_var.tolist()]
     gathered = [None, None]
-    dist.all_gather_object(gathered, {"before": before, "after": after})
+    dist.all_gather_object(gathered, {"before": before, "after": after, "frozen": head.frozen.tolist()})
     if rank == 0:
         with open(f"{out_dir}/result.json", "w") as handle:
             json.dump(gathered, handle)
@@ -35,3 +36,4 @@ def test_every_rank_evaluates_with_rank_zeros_batchnorm_statistics(tmp_path):
     rank0, rank1 = json.loads((tmp_path / "result.json").read_text())
     assert rank0["before"] != rank1["before"]  # without sharing, the ranks would score different models
     assert rank0["after"] == rank1["after"] == rank0["before"]
+    assert rank1["frozen"] == [1.0] * 3  # only BatchNorm statistics travel (a blend's trunks are hundreds of MB)

@@ -77,13 +77,16 @@ def test_running_cell_prefers_the_cell_pattern_and_runs_over_time():
     assert (keep.float().mean(dim=(1, 2)) == 0.5).all()
     assert not torch.equal(keep[0], keep[1])  # the pattern moves every time step
     assert (keep.sum(0) == 2).all()  # ... and covers every position equally often
-    everything = torch.ones(1, 256, dtype=torch.bool)
     mask, dec = make_masks("random", 1, grid, 0.0, 0.5)
     assert dec is not None and int(dec.sum()) == 0  # nothing masked: nothing to reconstruct
     assert int(make_masks("random", 2, (1, 1, 2), 0.5, 0.75)[1].sum()) == 2  # at least one per row
     mask, dec = make_masks("tube", 3, grid, 0.75, 0.5, torch.Generator().manual_seed(0))
     in_cell = (dec & keep.view(1, -1)).sum(1).float() / dec.sum(1)
-    assert (in_cell > 0.8).all() and everything.shape[1] == mask.shape[1]
+    assert (in_cell > 0.8).all()
+    assert not (dec & ~mask).any()  # only masked tokens are reconstructed
+    assert (mask.sum(1) == 4 * 48).all() and (dec.sum(1) == 96).all()  # 75% of 4x8x8; half of those kept
+    tubes = mask.view(3, 4, 64)
+    assert all(torch.equal(tubes[:, 0], tubes[:, t]) for t in range(4))  # tube: the same positions every step
 
 
 def test_mask_errors_name_the_setting():

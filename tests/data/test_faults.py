@@ -3,6 +3,7 @@ URL forms: brace patterns, `pipe:` only when allowed."""
 from __future__ import annotations
 
 import logging
+import tarfile
 
 import pytest
 
@@ -56,6 +57,34 @@ def test_missing_and_truncated_shards_are_reported_once_and_skipped(make_shards,
     assert sorted(p["url"].rsplit("/", 1)[1] for p in problems) == ["a-0001.tar", "a-0002.tar"]
     assert "cannot open" in problems[0]["reason"] or "cannot open" in problems[1]["reason"]
     assert any("truncated" in p["reason"] for p in problems)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_missing_and_truncated_stream_shards_are_reported_once_and_skipped(make_shards, workers):
+    """The same damage behind `pipe:` URLs (as for remote shards), read as forward-only streams: the
+    stream of a missing file fails (cat exits 1) and the cut one breaks off inside a clip; each is
+    reported once as truncated, what precedes the cut is still read, and nothing hangs."""
+    manifest_path = make_shards("a", [5, 5, 5, 5])
+    folder = manifest_path.parent
+    piped = {"manifest": str(manifest_path), "shards": f"pipe:cat {folder}/a-{{0000..0003}}.tar"}
+    s = stream([piped], world_size=1, allow_pipe=True, num_workers=workers)
+    (folder / "a-0001.tar").unlink()  # missing
+    cut = folder / "a-0002.tar"
+    with tarfile.open(cut) as tar:  # cut inside the video of its third sample (a_0012)
+        video = tar.getmember("a_0012.mp4")
+    cut.write_bytes(cut.read_bytes()[: video.offset_data + video.size // 2])
+    assert s.steps_per_epoch == 10
+    keys = take_keys(s, 20)  # two full epochs, no hang
+    assert len(keys) == 40
+    readable = {k for _, k in keys}
+    assert not readable & {f"a_{i:04d}" for i in range(5, 10)}  # nothing from the missing shard
+    assert {"a_0010", "a_0011"} <= readable  # the cut shard's samples before the cut are read...
+    assert not readable & {"a_0012", "a_0013", "a_0014"}  # ...and none from the cut on
+    problems = s.stats()["shard_problems"]
+    by_shard = {p["url"].rsplit("/", 1)[1]: p["reason"] for p in problems}
+    assert len(problems) == 2 and set(by_shard) == {"a-0001.tar", "a-0002.tar"}, problems  # once each
+    assert by_shard["a-0001.tar"] == "truncated: holds 0 readable samples, manifest says 5"
+    assert by_shard["a-0002.tar"] == "truncated: holds 2 readable samples, manifest says 5"
 
 
 def test_every_shard_missing_fails_clearly_instead_of_spinning(make_shards):

@@ -87,6 +87,7 @@ def test_batch_augment_mixup_cutmix_erasing_and_smoothing():
     assert x.shape == video.shape and target.shape == (4, 5)
     assert torch.allclose(target.sum(1), torch.ones(4))
     assert (target.max(1).values < 0.95).all()  # smoothed and/or mixed
+    assert not torch.allclose(x, normalize_video(video, [0.5] * 3, [0.5] * 3))  # the clips themselves are mixed
     smooth = BatchAugment(5, [0.5] * 3, [0.5] * 3, label_smoothing=0.1)
     _, soft = smooth(video, labels)
     assert torch.allclose(soft[0], torch.tensor([0.92, 0.02, 0.02, 0.02, 0.02]))
@@ -101,3 +102,60 @@ def test_batch_augment_mixup_cutmix_erasing_and_smoothing():
     assert all(torch.equal(footprint[:, 0], footprint[:, t]) for t in range(4))  # a cube: same box every frame
     with pytest.raises(ValueError, match="even number"):
         mix(video[:3], labels[:3])
+
+
+MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
+
+
+def _mixed_batch(**kw):
+    """A random uint8 batch of 4 clips (labels 0..3: every clip's partner, batch.flip(0), has another
+    label), its normalised unmixed version x0, and BatchAugment's output."""
+    torch.manual_seed(0)
+    np.random.seed(0)  # timm draws lambda (and the cutmix box) from numpy
+    video = torch.randint(0, 255, (4, 3, 2, 16, 16), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 3])
+    x0 = normalize_video(video, MEAN, STD)
+    x, target = BatchAugment(5, MEAN, STD, **kw)(video, labels)
+    return labels, x0, x, target
+
+
+def _lambda_from(target, labels, smoothing, classes=5):
+    """lambda of each row: target[i, own label] = lam * on + (1 - lam) * off, and the partner's
+    label gets the rest (timm's mixup_target with label smoothing)."""
+    off = smoothing / classes
+    on = 1 - smoothing + off
+    rows = torch.arange(len(labels))
+    lam = (target[rows, labels] - off) / (on - off)
+    partner = (target[rows, labels.flip(0)] - off) / (on - off)
+    assert torch.allclose(lam + partner, torch.ones(len(labels)), atol=1e-5)  # one lambda splits each row
+    return lam
+
+
+def test_batch_mixup_blends_each_clip_with_its_partner_by_the_targets_lambda():
+    labels, x0, x, target = _mixed_batch(mixup=0.8, label_smoothing=0.1)
+    lam = _lambda_from(target, labels, 0.1)
+    assert torch.allclose(lam, lam[0].expand(4), atol=1e-5)  # one lambda for the batch
+    lam = float(lam[0])
+    assert 0.05 < lam < 0.95  # this seed really mixes
+    assert torch.allclose(x, lam * x0 + (1 - lam) * x0.flip(0), atol=1e-4)  # the video mixed as the target says
+    assert not torch.allclose(x, x0, atol=1e-2)
+
+
+def test_batch_cutmix_pastes_one_box_of_the_partner_through_every_frame():
+    labels, x0, x, target = _mixed_batch(cutmix=1.0)
+    lam = _lambda_from(target, labels, 0.0)
+    assert torch.allclose(lam, lam[0].expand(4), atol=1e-6)
+    b, c, t, h, w = x.shape
+    changed = x != x0
+    region = changed.any(dim=(0, 1, 2))  # (H, W): where any clip, channel or frame changed
+    rows, cols = region.any(1).nonzero().flatten(), region.any(0).nonzero().flatten()
+    assert len(rows) and len(cols)  # this seed really cuts
+    box = torch.zeros(h, w, dtype=torch.bool)
+    box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+    assert torch.equal(region, box) and not box.all()  # one rectangle, smaller than the frame
+    for frame in range(t):  # the same rectangle in every frame: a cuboid through time
+        assert torch.equal(changed[:, :, frame].any(dim=(0, 1)), box)
+    inside = box.expand_as(x)
+    assert torch.equal(x[inside], x0.flip(0)[inside])  # the box comes from the partner clip, exactly
+    assert torch.equal(x[~inside], x0[~inside])  # the rest is the clip's own
+    assert float(lam[0]) == pytest.approx(1 - float(box.sum()) / (h * w), abs=1e-6)  # target = area kept

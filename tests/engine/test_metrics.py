@@ -1,26 +1,35 @@
 import json
-import time
+import types
 
 import pytest
 import torch
 
+from ppma_scale.engine import metrics as metrics_module
 from ppma_scale.engine.metrics import EVENTS_FILE, METRICS_FILE, MetricsLogger, ThroughputWindow, format_record, peak_memory_gb
 
 
-def test_window_rates():
+def test_window_rates(monkeypatch):
+    clock = {"now": 50.0}  # a fake clock: the rates are exact, however slow the machine
+    monkeypatch.setattr(metrics_module, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"],
+                                                                      time=lambda: 0.0))
     window = ThroughputWindow()
-    window.started -= 2.0  # pretend two seconds have passed
+    clock["now"] += 2.0  # two seconds pass
     window.add_data_wait(0.5)
     window.add_step(10)
     window.add_step(10)
     out = window.summary(world_size=4, flops_per_clip=1e12, peak_tflops=20.0)
-    assert out["clips_per_s"] == pytest.approx(20 * 4 / 2.0, rel=0.01)
-    assert out["tflops_per_gpu"] == pytest.approx(20 * 1e12 / 2.0 / 1e12, rel=0.01)
+    assert out["clips_per_s"] == pytest.approx(20 * 4 / 2.0)
+    assert out["step_time_s"] == pytest.approx(2.0 / 2)
+    assert out["tflops_per_gpu"] == pytest.approx(20 * 1e12 / 2.0 / 1e12)
     assert out["mfu"] == pytest.approx(out["tflops_per_gpu"] / 20.0)
-    assert out["data_wait"] == pytest.approx(0.25, rel=0.01)
+    assert out["data_wait"] == pytest.approx(0.25)
     assert "mfu" not in window.summary(world_size=1, flops_per_clip=1e12, peak_tflops=None)
+    assert "tflops_per_gpu" not in window.summary(world_size=1, flops_per_clip=None, peak_tflops=20.0)
     window.reset()
-    assert window.clips == 0 and window.steps == 0
+    assert window.clips == 0 and window.steps == 0 and window.data_wait == 0.0
+    clock["now"] += 4.0  # the next window is timed from the reset
+    window.add_step(6)
+    assert window.summary(world_size=1, flops_per_clip=None, peak_tflops=None)["clips_per_s"] == pytest.approx(1.5)
 
 
 def test_logger_writes_on_main_only_and_truncates_on_resume(tmp_path, capsys):

@@ -128,3 +128,27 @@ def test_a_listing_whose_ids_skip_classes_is_packed_with_a_warning_naming_them(c
     assert manifest.classes == ["0", "1", "2"]
     err = capsys.readouterr().err
     assert "label ids 0..2, and 1 of them (0) have no clip" in err and "--classes" in err
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_a_journaled_shard_that_is_gone_or_cut_is_packed_again_on_resume(corpus, tmp_path, damage):
+    """Resuming trusts a journaled shard only while its file is there at the size the journal recorded:
+    a shard deleted or cut after it was journaled is encoded again (and everything after it)."""
+    from shards_tools.verify import verify
+    out = tmp_path / "out"
+    done = pack(corpus["train"], out, **{**OPTIONS, "max_samples": 1})
+    original = (out / "shard-000001.tar").read_bytes()
+    # killed after the third shard was journaled; the second shard was then lost or cut short
+    lines = (out / JOURNAL_NAME).read_text().splitlines()
+    (out / JOURNAL_NAME).write_text("\n".join(lines[:4]) + "\n")
+    (out / "manifest.json").unlink()
+    if damage == "deleted":
+        (out / "shard-000001.tar").unlink()
+    else:
+        (out / "shard-000001.tar").write_bytes(original[: len(original) // 2])
+    first = _stats(out)["shard-000000.tar"][:2]
+    resumed = pack(corpus["train"], out, **{**OPTIONS, "max_samples": 1})
+    assert (out / "shard-000001.tar").read_bytes() == original  # encoded again, byte-identical
+    assert _stats(out)["shard-000000.tar"][:2] == first  # the intact shard before it was kept as it was
+    assert resumed.to_json() == done.to_json()
+    assert verify(out / "manifest.json", workers=1, progress=False) == []

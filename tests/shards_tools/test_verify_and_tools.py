@@ -2,7 +2,9 @@
 found, and a truncated shard is named instead of ending in a raw tarfile traceback."""
 from __future__ import annotations
 
+import re
 import shutil
+import tarfile
 
 import pytest
 
@@ -40,13 +42,22 @@ def test_verify_reports_a_class_list_that_does_not_match_the_samples(tiny_shards
 def test_stats_names_a_truncated_shard_and_counts_the_rest(tiny_shards, tmp_path, capsys):
     damaged = copy_set(tiny_shards["nohuman"], tmp_path / "damaged")
     shard = damaged / load_manifest(damaged).shards[1].url
-    for size in (700, 512 * 12, None):  # inside the first member; between members; inside a clip
+    with tarfile.open(shard) as tar:  # where the third sample starts, and its video
+        members = tar.getmembers()
+    keys = list(dict.fromkeys(m.name.split(".", 1)[0] for m in members))
+    third = [m for m in members if m.name.split(".", 1)[0] == keys[2]]
+    video = max(third, key=lambda m: m.size)
+    cuts = {  # cut -> this cut's reason: samples read before it, and how the shard ends
+        700: "unreadable after 0 samples (ReadError: unexpected end of data)",  # inside the first member
+        third[0].offset: "holds 2 samples, manifest says 4",  # between members: a clean but short tar
+        video.offset_data + video.size // 2: "unreadable after 2 samples (ReadError: unexpected end of data)",
+    }
+    for size, reason in cuts.items():
         truncate(shard, size)
         stats = stats_module.collect_stats(damaged)
-        assert len(stats["problems"]) == 1 and stats["problems"][0].startswith(f"{shard}: "), stats["problems"]
-        assert 12 <= stats["samples"] < 16  # the other three shards, and what precedes the cut
+        assert stats["problems"] == [f"{shard}: {reason}"], (size, stats["problems"])
+        assert stats["samples"] == 12 + int(re.search(r"\d+", reason).group())  # 3 whole shards + the cut one's start
         shutil.copy(tiny_shards["nohuman"].parent / shard.name, shard)
-    assert any(r in stats["problems"][0] for r in ("unexpected end of data", "holds 2 samples, manifest says 4"))
     truncate(shard)
     capsys.readouterr()
     assert stats_module.main([str(damaged)]) == 1

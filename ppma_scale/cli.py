@@ -87,7 +87,7 @@ def launch(argv: list[str], *, stage: str, tasks: tuple[str, ...]) -> int:
         if args.resume not in ("auto", "off", "none", "no", "false") and not Path(args.resume).exists():
             raise FileNotFoundError(f"--resume {args.resume}: no such file or directory")
         from .engine.tasks import build_task
-        from .engine.trainer import validate
+        from .engine.preflight import validate
         task = build_task(cfg)
         plan = validate(cfg, task, args.output or cfg.run.output, args.resume, args.allow_config_change)
     except (ConfigError, ValueError, FileNotFoundError) as exc:

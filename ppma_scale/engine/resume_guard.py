@@ -1,6 +1,6 @@
 """Checks made before a run continues from a checkpoint, before anything is written: on every rank
 before the process group starts (the checkpoint's files only listed), then on rank 0 with its files
-opened (trainer.checked_resume_plan), whose verdict every rank follows.
+opened (preflight.checked_resume_plan), whose verdict every rank follows.
 
 A resume must continue *this* run: the checkpoint is one of the output directory's own (or that
 directory holds none yet), its files are intact, it was trained with the same recipe, and it is

@@ -93,7 +93,7 @@ def test_a_complete_tag_in_the_way_of_a_save_is_set_aside_not_deleted(outcomes):
     out, _ = outcomes
     root = out / "in_way" / "checkpoints"
     moved, new = root / "step_00000002.replaced", root / "step_00000002"
-    assert "saved" not in torch.load(moved / "rank_00000.pt", weights_only=False)  # the trainer's own save
+    assert "saved" not in torch.load(moved / "rank_00000.pt", weights_only=True)  # the trainer's own save
     assert (moved / "ppma_complete.json").is_file() and (moved / "mp_rank_00_model_states.pt").is_file()
-    assert torch.load(new / "rank_00000.pt", weights_only=False) == {"saved": "again"}
+    assert torch.load(new / "rank_00000.pt", weights_only=True) == {"saved": "again"}
     assert (new / "ppma_complete.json").is_file()

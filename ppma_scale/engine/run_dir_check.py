@@ -6,7 +6,7 @@ checkpoint complete, moves `latest` and deletes old checkpoints. On node-local s
 are not where rank 0 looks, rotation frees space on node 0 only, and the first resume is the first
 thing to notice. So the trainer checks once, right after the process group starts: rank 0 writes a
 fresh random token into the directory, every other rank reads it back through its own path, and
-every rank raises the same ValueError naming the ranks (and hosts) that could not see it.
+every rank raises the same ConfigError (exit 2) naming the ranks (and hosts) that could not see it.
 
 A filesystem that is shared but caches directory lookups (NFS's attribute cache, acdirmax 60 s by
 default) may show a new file on other nodes only after a while, so a rank that does not find the
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch.distributed as torch_dist
 
 from ..atomic import write_text_atomic
+from ..config import ConfigError
 from .dist import DistInfo, broadcast_object
 
 TOKEN_PREFIX = ".ppma_shared_check."
@@ -90,7 +91,7 @@ def _message(run_dir: str, host0: str, missing: list[tuple[int, str, str, str]],
 
 
 def check_shared_run_dir(run_dir: Path, dist_info: DistInfo, *, wait_s: float = WAIT_S) -> None:
-    """Collective (every rank calls it, after the process group started): raise the same ValueError on
+    """Collective (every rank calls it, after the process group started): raise the same ConfigError on
     every rank when some rank cannot see a file rank 0 writes into `run_dir` (each rank passes its own
     `run_dir`), or when rank 0 cannot write there. Creates `run_dir` (rank 0); leaves no file behind.
     A world of one returns at once and touches nothing."""
@@ -110,7 +111,7 @@ def check_shared_run_dir(run_dir: Path, dist_info: DistInfo, *, wait_s: float = 
             setup = {"host": host, "dir": str(run_dir), "error": f"{type(exc).__name__}: {exc}"}
     setup = broadcast_object(setup)  # sent once the file is written: this is the first barrier
     if setup["error"] is not None:
-        raise ValueError(f"rank 0 (host {setup['host']}) could not create its check file in the run directory "
+        raise ConfigError(f"rank 0 (host {setup['host']}) could not create its check file in the run directory "
                          f"{setup['dir']}: {setup['error']}. The run directory must be writable and on a "
                          "filesystem every node shares (set --output / run.output)")
     mine = None
@@ -127,4 +128,4 @@ def check_shared_run_dir(run_dir: Path, dist_info: DistInfo, *, wait_s: float = 
             pass
     missing = [entry for entry in gathered if entry is not None]
     if missing:
-        raise ValueError(_message(setup["dir"], setup["host"], missing, dist_info.world_size))
+        raise ConfigError(_message(setup["dir"], setup["host"], missing, dist_info.world_size))

@@ -39,7 +39,7 @@ def test_a_run_directory_only_rank_0_sees_is_refused_on_every_rank(tmp_path, two
     # rank 1 looks in a directory rank 0 never wrote to: both ranks raise the same error naming it
     assert r0["unshared"] == r1["unshared"]
     error = r0["unshared"]["error"]
-    assert error.startswith(f"ValueError: the run directory {tmp_path / 'node0' / 'run'} is not shared by every rank")
+    assert error.startswith(f"ConfigError: the run directory {tmp_path / 'node0' / 'run'} is not shared by every rank")
     host = socket.gethostname()
     assert f"rank 1 on host {host} (it looked in {tmp_path / 'node1' / 'run'}): the file is not there" in error
     assert f"rank 0 (host {host})" in error and "1 of 2 ranks" in error
@@ -49,7 +49,7 @@ def test_a_run_directory_only_rank_0_sees_is_refused_on_every_rank(tmp_path, two
     # rank 0 cannot write there: every rank raises, rank 0's error named
     assert r0["rank0_cannot_write"] == r1["rank0_cannot_write"]
     assert r0["rank0_cannot_write"]["error"].startswith(
-        f"ValueError: rank 0 (host {host}) could not create its check file in the run directory "
+        f"ConfigError: rank 0 (host {host}) could not create its check file in the run directory "
         f"{tmp_path / 'a_file' / 'run'}: ")
     assert r0["after"] == r1["after"] == {"error": None}  # the ranks stayed in step
     assert r0["left_behind"] == r1["left_behind"] == []  # every token file was removed

@@ -29,7 +29,7 @@ def outcome(fn) -> dict:
 
 
 if mode == "check":
-    from ppma_scale.engine.dist import init_distributed, shutdown
+    from ppma_scale.engine.dist import barrier, init_distributed, shutdown
     from ppma_scale.engine.run_dir_check import TOKEN_PREFIX, check_shared_run_dir
     info = init_distributed(timeout_s=60)
     if rank == 0:
@@ -41,6 +41,7 @@ if mode == "check":
         "after": lambda: check_shared_run_dir(out / "shared" / "run", info),  # the group still works
     }
     results = {name: outcome(fn) for name, fn in cases.items()}
+    barrier()  # rank 0 removes the last token after the check's gather: look once it has
     results["left_behind"] = sorted(str(p.relative_to(out)) for p in out.rglob(TOKEN_PREFIX + "*"))
     results["rank1_dir_created"] = (out / "node1").exists()
     (out / f"check_{rank}.json").write_text(json.dumps(results))

@@ -53,6 +53,11 @@ class TrainStream:
 
     # ----------------------------------------------------------------------------------- iteration
     @property
+    def shard_layouts(self) -> list[str]:
+        """Each dataset's `shards.shard_layout`, in data.train order (recorded in checkpoints)."""
+        return [d.layout for d in self.ctx.datasets]
+
+    @property
     def epoch(self) -> int:
         """The epoch of the next batch."""
         return self._plan.epoch

@@ -35,6 +35,7 @@ def validate(cfg: Config, task: Task, run_dir: str | Path | None = None, resume:
     task.validate()
     if plan.checkpoint is not None:  # e.g. a re-packed manifest lists the same classes in another order
         task.check_checkpoint_record(plan.meta, plan.checkpoint.path)
+        check_same_shards(cfg, plan.meta, plan.checkpoint.path)
     ds_config_for(cfg, world_size=1)
     train = cfg.train
     if train.keep_last < 1:
@@ -47,6 +48,24 @@ def validate(cfg: Config, task: Task, run_dir: str | Path | None = None, resume:
     if train.max_steps is None and train.epochs <= 0:
         raise ValueError(f"train.epochs must be positive (or set train.max_steps), got {train.epochs}")
     return plan
+
+
+def check_same_shards(cfg: Config, meta: dict, where: Path) -> None:
+    """Refuse a resume whose training datasets lie in other shards than the checkpoint's (a re-pack
+    with the same name and size): the data cursor would repeat some clips and skip others. A copy of
+    the same shards elsewhere is fine. Checkpoints saved before layouts were recorded pass."""
+    saved = meta.get("data_layouts")
+    if not isinstance(saved, list) or len(saved) != len(cfg.data.train):
+        return  # none recorded, or another list of datasets (the data state check names that)
+    from ..data.shards import manifest_layouts
+    changed = [f"data.train[{i}] ({spec.manifest})" for i, (spec, old, new) in
+               enumerate(zip(cfg.data.train, saved, manifest_layouts(cfg.data.train, cfg.data.allow_pipe)))
+               if old != new]
+    if changed:
+        raise ValueError(f"{', '.join(changed)}: not the shards {where} was trained on (re-packed, or another set "
+                         "of the same name?): the resume would repeat some clips and skip others. Train on the "
+                         "shards the run started with, or start a new run from this one's weights "
+                         "(model.init=RUN_DIR)")
 
 
 def _resume_plan(cfg: Config, task: Task, run_dir: str | Path | None, resume: str, allow_config_change: bool,

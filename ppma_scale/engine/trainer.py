@@ -192,6 +192,7 @@ class _Trainer:
         if ckpt is not None:
             self._load_weights(engine, ckpt, load)
         stream = task.build_train_stream(dist, engine)
+        self._data_layouts = getattr(stream, "shard_layouts", None)  # a stream whose cursor counts in shards
         start = ckpt.step if ckpt is not None else 0
         schedule = _Schedule(cfg, stream.steps_per_epoch, dist.world_size, start, plan.meta.get("epoch"))
         if ckpt is not None:
@@ -372,6 +373,7 @@ class _Trainer:
         rank_state = {"stream": stream.state_dict(), "rng": capture_rng(), "task": self.task.state_dict()}
         meta = {"epoch": schedule.epoch(step), "total_steps": schedule.total, "task": self.cfg.run.task,
                 "config": config_to_dict(self.cfg),  # what a resume compares its config with
+                "data_layouts": self._data_layouts,  # which shards the data cursor counts in
                 **self.task.checkpoint_record()}
         ckpt = self.ckpts.save(engine, step, rank_state, meta)
         log.event("checkpoint", None, step=step, path=str(ckpt.path))

@@ -120,7 +120,7 @@ def test_config_error_stops_before_any_work(tmp_path, nohuman):
     assert not run_dir.exists()
 
 
-def test_reference_run_writes_a_complete_run_directory(reference):
+def test_reference_run_writes_a_complete_run_directory(reference, nohuman):
     metrics = read_jsonl(reference / "metrics.jsonl")
     assert [m["step"] for m in metrics] == list(range(1, 9))
     for m in metrics:
@@ -137,6 +137,8 @@ def test_reference_run_writes_a_complete_run_directory(reference):
     assert latest_tag(reference) == "step_00000008"
     marker = json.loads((reference / "checkpoints" / "step_00000008" / "ppma_complete.json").read_text())
     assert marker["world_size"] == 2 and marker["zero_stage"] == 2 and marker["step"] == 8
+    from ppma_scale.data.shards import manifest_layouts
+    assert marker["data_layouts"] == manifest_layouts([nohuman])  # what a resume checks its shards against
     assert [e["event"] for e in read_jsonl(reference / "events.jsonl")][-1] == "end"
 
 

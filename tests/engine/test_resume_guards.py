@@ -20,7 +20,8 @@ SOLO = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def make_tag(root: Path, step: int, world_size: int = 2, config: dict | None = None, task: str = "mae") -> Path:
+def make_tag(root: Path, step: int, world_size: int = 2, config: dict | None = None, task: str = "mae",
+             **marked) -> Path:
     """A complete ZeRO-2 tag whose files have DeepSpeed's names and are real (tiny) torch files."""
     path = root / tag_for(step)
     path.mkdir(parents=True)
@@ -31,7 +32,7 @@ def make_tag(root: Path, step: int, world_size: int = 2, config: dict | None = N
     marker = {"step": step, "world_size": world_size, "zero_stage": 2, "epoch": step / 4, "task": task}
     if config is not None:
         marker["config"] = config
-    (path / MARKER).write_text(json.dumps(marker))
+    (path / MARKER).write_text(json.dumps({**marker, **marked}))
     (root / LATEST).write_text(path.name)
     return path
 
@@ -132,6 +133,37 @@ def test_resuming_a_classification_run_needs_no_model_init(tmp_path, tiny_shards
     task.build_model(SOLO)  # would fail reading model.init
     out = capsys.readouterr().out
     assert "every weight comes from the checkpoint" in out and "stage1_gone) is not read" in out
+
+
+def test_a_resume_on_re_packed_shards_is_refused_before_any_rank_starts(tmp_path, tiny_shards):
+    """Same dataset name and size in other shards: the data cursor would count in the wrong clips."""
+    import shutil
+    from ppma_scale.data.manifest import load_manifest
+    from ppma_scale.data.shards import manifest_layouts
+    from ppma_scale.engine.preflight import validate
+    from ppma_scale.engine.tasks import build_task
+    copies = []
+    for name in ("trained_on", "copied", "repacked"):
+        copies.append(tmp_path / name)
+        shutil.copytree(tiny_shards["nohuman"].parent, copies[-1])
+    repacked = load_manifest(copies[2])
+    repacked.shards[0], repacked.shards[1] = repacked.shards[1], repacked.shards[0]  # sample i is another clip
+    repacked.save(copies[2])
+
+    def config(data):
+        cfg = load_config(REPO / "configs" / "demo" / "pretrain_test.yaml", [f"data.train={data}"])
+        cfg.run.output = str(tmp_path / "run")
+        return cfg
+    trained = config(copies[0])
+    make_tag(tmp_path / "run" / "checkpoints", 2, config=config_to_dict(trained),
+             data_layouts=manifest_layouts(trained.data.train))
+    for data in copies[:2]:  # the same shards, wherever they are
+        cfg = config(data)
+        assert validate(cfg, build_task(cfg), tmp_path / "run", "auto", allow_config_change=True).checkpoint
+    cfg = config(copies[2])
+    with pytest.raises(ValueError, match=rf"data.train\[0\] \({copies[2]}\): not the shards .*step_00000002 was "
+                                         r"trained on \(re-packed"):
+        validate(cfg, build_task(cfg), tmp_path / "run", "auto", allow_config_change=True)
 
 
 WORKER = Path(__file__).parent / "helpers" / "resume_worker.py"

@@ -24,8 +24,7 @@ def checkpoint_config(location: str | Path, overrides: list[str]):
     from ppma_scale.config import apply_overrides, build_config
     from ppma_scale.engine.checkpoint import find_checkpoint, read_marker
     from ppma_scale.engine.resume_guard import saved_config
-    from ppma_scale.engine.dist import launched_world_size
-    ckpt = find_checkpoint(location, what="checkpoint to evaluate", deep=launched_world_size() == 1)
+    ckpt = find_checkpoint(location, what="checkpoint to evaluate", deep=False)  # its files are opened when read
     saved, where = saved_config(ckpt, read_marker(ckpt.path) or {})
     if saved is None:
         raise FileNotFoundError(f"found no config for {ckpt.path} (its marker holds none and {where} does not "

@@ -68,7 +68,8 @@ def _load_for_resume(args: LaunchArgs, stage: str) -> Config:
         if saved is not None:
             source = f"{where}, the config of the run being resumed"
             filled = fill_missing(raw, sources, saved, source)
-            if filled and os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":  # said once
+            from .engine.dist import resolve_launch_env
+            if filled and resolve_launch_env()["RANK"] == "0":  # said once, by the rank the launcher calls 0
                 print(f"launch/{stage}.py: resuming: {', '.join(filled)} left as ??? in {args.config}; "
                       f"using the resumed run's values from {where}", flush=True)
     return build_config(raw, sources)

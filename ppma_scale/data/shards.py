@@ -216,13 +216,6 @@ def shard_layout(manifest: Manifest) -> str:
     return hashlib.sha1(json.dumps(listed).encode()).hexdigest()[:16]
 
 
-def manifest_layouts(specs: Iterable[Any], allow_pipe: bool = False) -> list[str]:
-    """`shard_layout` of each dataset in `specs` (data.train), in order: what a checkpoint records so
-    that a resume on other shards is refused before any rank starts."""
-    return [shard_layout(read_manifest(str(as_spec(s).manifest), allow_pipe, f"data.train[{i}]"))
-            for i, s in enumerate(specs)]
-
-
 def read_class_names(path: str) -> list[str]:
     """A label space: a class-names file (one per line) or a manifest whose classes are used."""
     p = Path(path)

@@ -93,6 +93,7 @@ class ClassifyTask(Task):
             sets, self.classes = open_sources(data.train, allow_pipe=data.allow_pipe, classes=data.classes,
                                               require_labels=True)
             self.train_videos = sum(sum(s.counts) for s in sets)
+            self.train_layouts = [s.layout for s in sets]
             wanted = self.cfg.model.num_classes
             if wanted is not None and wanted != len(self.classes):
                 raise ValueError(f"model.num_classes is {wanted} but the training data's label space has "
@@ -374,8 +375,8 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None
                          "evaluated")
     if not cfg.data.val:
         raise ValueError("data.val is empty: name the test manifests, e.g. data.val=/data/ucf101/test/manifest.json")
-    # a multi-rank job only lists the checkpoint's files here; rank 0 opens them when it merges (below)
-    ckpt = find_checkpoint(checkpoint, what="checkpoint to evaluate", deep=distmod.launched_world_size() == 1)
+    # its files are only listed here: reading it (below; rank 0 alone in a multi-rank job) opens them
+    ckpt = find_checkpoint(checkpoint, what="checkpoint to evaluate", deep=False)
     out = Path(out_file) if out_file else ckpt.root.parent / "eval" / f"test_{ckpt.tag}.json"
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already holds an evaluation (of {_evaluated(out)}): pass --out for "

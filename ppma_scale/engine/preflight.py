@@ -35,7 +35,7 @@ def validate(cfg: Config, task: Task, run_dir: str | Path | None = None, resume:
     task.validate()
     if plan.checkpoint is not None:  # e.g. a re-packed manifest lists the same classes in another order
         task.check_checkpoint_record(plan.meta, plan.checkpoint.path)
-        check_same_shards(cfg, plan.meta, plan.checkpoint.path)
+        check_same_shards(task, plan.meta, plan.checkpoint.path)
     ds_config_for(cfg, world_size=1)
     train = cfg.train
     if train.keep_last < 1:
@@ -50,16 +50,15 @@ def validate(cfg: Config, task: Task, run_dir: str | Path | None = None, resume:
     return plan
 
 
-def check_same_shards(cfg: Config, meta: dict, where: Path) -> None:
+def check_same_shards(task: Task, meta: dict, where: Path) -> None:
     """Refuse a resume whose training datasets lie in other shards than the checkpoint's (a re-pack
     with the same name and size): the data cursor would repeat some clips and skip others. A copy of
-    the same shards elsewhere is fine. Checkpoints saved before layouts were recorded pass."""
-    saved = meta.get("data_layouts")
-    if not isinstance(saved, list) or len(saved) != len(cfg.data.train):
+    the same shards elsewhere is fine. Checkpoints saved before layouts were recorded pass, and so
+    does a task whose validate() read no manifests."""
+    saved, now, specs = meta.get("data_layouts"), task.train_layouts, task.cfg.data.train
+    if not isinstance(saved, list) or now is None or len(saved) != len(now):
         return  # none recorded, or another list of datasets (the data state check names that)
-    from ..data.shards import manifest_layouts
-    changed = [f"data.train[{i}] ({spec.manifest})" for i, (spec, old, new) in
-               enumerate(zip(cfg.data.train, saved, manifest_layouts(cfg.data.train, cfg.data.allow_pipe)))
+    changed = [f"data.train[{i}] ({spec.manifest})" for i, (spec, old, new) in enumerate(zip(specs, saved, now))
                if old != new]
     if changed:
         raise ValueError(f"{', '.join(changed)}: not the shards {where} was trained on (re-packed, or another set "

@@ -72,6 +72,7 @@ class Task:
     # Set by the trainer when resuming: the checkpoint holds every trained weight, so model.init is
     # neither required to exist nor read.
     resume_from: Path | None = None
+    train_layouts: list[str] | None = None  # data.train's shard layouts, once validate() has read the manifests
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -225,6 +226,7 @@ class MAETask(Task):
         from ..data.shards import open_sources
         data = self.cfg.data  # manifests parse, classes resolve (and one process checks its local shards here)
         sets, _ = open_sources(data.train, allow_pipe=data.allow_pipe, classes=data.classes)
+        self.train_layouts = [s.layout for s in sets]
         self.check_one_global_batch(sum(s.num_samples for s in sets))
 
     def build_model(self, dist: DistInfo) -> nn.Module:

@@ -137,8 +137,8 @@ def test_reference_run_writes_a_complete_run_directory(reference, nohuman):
     assert latest_tag(reference) == "step_00000008"
     marker = json.loads((reference / "checkpoints" / "step_00000008" / "ppma_complete.json").read_text())
     assert marker["world_size"] == 2 and marker["zero_stage"] == 2 and marker["step"] == 8
-    from ppma_scale.data.shards import manifest_layouts
-    assert marker["data_layouts"] == manifest_layouts([nohuman])  # what a resume checks its shards against
+    from ppma_scale.data.shards import open_sources
+    assert marker["data_layouts"] == [d.layout for d in open_sources([nohuman])[0]]  # what a resume checks its shards against
     assert [e["event"] for e in read_jsonl(reference / "events.jsonl")][-1] == "end"
 
 

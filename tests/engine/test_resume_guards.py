@@ -139,7 +139,7 @@ def test_a_resume_on_re_packed_shards_is_refused_before_any_rank_starts(tmp_path
     """Same dataset name and size in other shards: the data cursor would count in the wrong clips."""
     import shutil
     from ppma_scale.data.manifest import load_manifest
-    from ppma_scale.data.shards import manifest_layouts
+    from ppma_scale.data.shards import open_sources
     from ppma_scale.engine.preflight import validate
     from ppma_scale.engine.tasks import build_task
     copies = []
@@ -156,7 +156,7 @@ def test_a_resume_on_re_packed_shards_is_refused_before_any_rank_starts(tmp_path
         return cfg
     trained = config(copies[0])
     make_tag(tmp_path / "run" / "checkpoints", 2, config=config_to_dict(trained),
-             data_layouts=manifest_layouts(trained.data.train))
+             data_layouts=[d.layout for d in open_sources(trained.data.train)[0]])
     for data in copies[:2]:  # the same shards, wherever they are
         cfg = config(data)
         assert validate(cfg, build_task(cfg), tmp_path / "run", "auto", allow_config_change=True).checkpoint

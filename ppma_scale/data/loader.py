@@ -9,7 +9,9 @@
 Save `state_dict()` of every rank (gather them: DeepSpeed keeps client state of rank 0 only) and
 give the list back to `load_state_dict`: with the same world size each rank resumes its own
 cursors, so no sample repeats or goes missing; with another world size (or worker count, or
-micro-batch) the current epoch continues over exactly the samples no rank had consumed.
+micro-batch) the current epoch continues over exactly the samples no rank had consumed. That
+continuation is the same for every rank: one rank computes `continued_state(all states)` and every
+rank loads it.
 """
 from __future__ import annotations
 
@@ -134,22 +136,49 @@ class TrainStream:
                 "step": self._step, "plan": self._plan.to_state(), "cursors": cursors}
 
     def load_state_dict(self, state: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
-        """Resume from this rank's state, or from the list of every rank's states (any world size)."""
+        """Resume from this rank's state, from a `continued_state`, or from the list of every saved
+        rank's states (any world size)."""
         states = [state] if isinstance(state, dict) else list(state)
         if not states:
             raise ValueError("load_state_dict got an empty list of data states")
         ref = states[0]
         self._check_compatible(states)
+        old = Layout(ref["world_size"], ref["workers"], ref["batch"], ref["mix"])
+        if old != self.ctx.layout:
+            if ref.get("continued"):
+                now = self.ctx.layout
+                raise ValueError(f"this continued data state was made for {old.world_size} ranks x {old.workers} "
+                                 f"workers x batch {old.batch}, this stream is {now.world_size} x {now.workers} x "
+                                 f"{now.batch}")
+            self.load_state_dict(self.continued_state(states))
+            return
+        plan, step = EpochPlan.from_state(ref["plan"]), int(ref["step"])
+        if ref.get("continued"):  # fresh cursors over the continued epoch: the same for every rank
+            self._plan, self._step = plan, step
+            self._cursors = [fresh_cursor(plan) for _ in range(self.ctx.layout.workers)]
+            return
+        mine = [s for s in states if s["rank"] == self.ctx.rank]
+        if not mine:
+            raise ValueError(f"the data states given are for ranks {[s['rank'] for s in states]}, "
+                             f"not for this rank {self.ctx.rank}")
+        self._plan, self._step, self._cursors = plan, step, [dict(c) for c in mine[0]["cursors"]]
+
+    def continued_state(self, states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The state from which every rank of this stream's layout continues the epoch of `states`
+        (every saved rank's, saved with another world size, worker count, batch or mix) over exactly
+        the samples none of them had consumed. It is the same for every rank, so one rank works it
+        out (it needs every saved rank's state: ranks x files if each rank read them all) and gives
+        it to the others; `load_state_dict` takes it on any rank."""
+        states = list(states)
+        if not states:
+            raise ValueError("continued_state got an empty list of data states")
+        self._check_compatible(states)
+        ref, layout = states[0], self.ctx.layout
         plan, step = EpochPlan.from_state(ref["plan"]), int(ref["step"])
         old = Layout(ref["world_size"], ref["workers"], ref["batch"], ref["mix"])
-        layout = self.ctx.layout
         if old == layout:
-            mine = [s for s in states if s["rank"] == self.ctx.rank]
-            if not mine:
-                raise ValueError(f"the data states given are for ranks {[s['rank'] for s in states]}, "
-                                 f"not for this rank {self.ctx.rank}")
-            self._plan, self._step, self._cursors = plan, step, [dict(c) for c in mine[0]["cursors"]]
-            return
+            raise ValueError(f"the data states were saved with this stream's own layout ({layout}): each rank "
+                             "resumes its own state")
         ranks = sorted(s["rank"] for s in states)
         if ranks != list(range(old.world_size)):
             raise ValueError(f"the saved run had {old.world_size} ranks x {old.workers} workers x batch {old.batch}, "
@@ -166,8 +195,10 @@ class TrainStream:
                              self.ctx.weights, layout)
         log.info("data stream: layout changed (%s -> %s); epoch %d continues over %d unconsumed steps",
                  old, layout, rest.epoch, rest.steps)
-        self._plan, self._step = rest, step
-        self._cursors = [fresh_cursor(rest) for _ in range(layout.workers)]
+        return {**{key: ref[key] for key in ("format", "seed", "block", "datasets") if key in ref},
+                "layouts": ref.get("layouts", self.shard_layouts), "continued": True, "rank": None,
+                "world_size": layout.world_size, "workers": layout.workers, "batch": layout.batch,
+                "mix": layout.mix, "step": step, "plan": rest.to_state(), "cursors": None}
 
     def _check_compatible(self, states: Sequence[dict[str, Any]]) -> None:
         ref = states[0]

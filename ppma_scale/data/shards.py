@@ -166,12 +166,12 @@ def check_local_shards(manifest: Manifest, urls: Sequence[str], what: str, sourc
             return  # checked by rank 0 when the stream is built, after init_process_group
         error = _unusable_shards(manifest, urls, what, source, shown)
     else:
-        error = _unusable_shards(manifest, urls, what, source, shown) if tdist.get_rank() == 0 else None
-        box = [None if error is None else str(error)]
-        tdist.broadcast_object_list(box, src=0)
-        if box[0] is not None:
-            from ..config import ConfigError
-            raise ConfigError(box[0])
+        from ..config import ConfigError
+        from ..engine.dist import computed_on_rank0
+        error = computed_on_rank0(lambda: _unusable_shards(manifest, urls, what, source, shown),
+                                  f"checking the shards of {source or manifest.location}")
+        if error is not None:
+            raise ConfigError(str(error))
     if error is not None:
         raise error
     _CHECKED.add(key)

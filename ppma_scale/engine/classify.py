@@ -331,7 +331,7 @@ class LinearProbeTask(ClassifyTask):
         local = extract_features(partial(self._features, model, dist),
                                  agreed(stream, "reading its training videos for the feature cache", dist.device),
                                  cfg.train.micro_batch)
-        cache = gather_features(local)
+        cache = gather_features(local, dist.device)
         _say(dist, f"feature cache: {tuple(cache['features'].shape)} (videos, views, dim)")
         self.smoothing = cfg.augment.label_smoothing
         return FeatureStream(cache["features"], cache["label"], dist, cfg.train.micro_batch, cfg.run.seed)

@@ -15,10 +15,12 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,81 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def gathered_on_rank0(obj: T) -> list[T] | None:
+    """Every rank's `obj` in rank order on rank 0 (None on the others); [obj] in a single process."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    parts: list | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, parts, dst=0)
+    return parts
+
+
+def computed_on_rank0(compute: Callable[[], T], what: str, expected: tuple[type[BaseException], ...] = (ValueError, OSError),
+                      raise_as: type[Exception] = ValueError, beat_s: float | None = None) -> T:
+    """`compute()` run by rank 0 alone, its result on every rank: for work that grows with ranks x
+    files (every saved rank's state, every shard's size), done once instead of once per rank.
+
+    An `expected` error there is raised on every rank as `raise_as` with the same message (one
+    verdict in every rank's log; so also in a single process). Any other error is raised on rank 0
+    as it is, and on the others as PeerFailure naming it, instead of leaving them in the broadcast.
+    `what` completes "rank 0 failed while ...". Every rank must call this at the same point.
+
+    The other ranks wait inside a collective, which fails after `train.dist_timeout_s`. For work
+    that may take longer (converting a large checkpoint), `beat_s` runs it in a thread on rank 0
+    and the ranks exchange a tiny "still working" broadcast every `beat_s` seconds instead."""
+    grouped = dist.is_initialized() and dist.get_world_size() > 1
+    if not grouped:
+        outcome, caught = _attempt(compute, expected)
+    elif beat_s is None:
+        outcome, caught = _attempt(compute, expected) if dist.get_rank() == 0 else (None, None)
+    else:
+        outcome, caught = _attempt_with_heartbeat(compute, expected, beat_s)
+    if grouped:
+        box = [outcome]
+        dist.broadcast_object_list(box, src=0)
+        outcome = box[0]
+    kind, value = outcome
+    if kind == "ok":
+        return value
+    if kind == "expected":
+        raise raise_as(value) from caught
+    if caught is not None:
+        raise caught
+    from .agreement import PeerFailure
+    raise PeerFailure(f"rank 0 failed while {what}: {value}. Every rank stops here instead of waiting for it; "
+                      "rank 0's log has the traceback")
+
+
+def _attempt(compute: Callable[[], T], expected: tuple[type[BaseException], ...]) -> tuple[tuple, BaseException | None]:
+    """(("ok", result) | ("expected" | "unexpected", message), the exception or None)."""
+    try:
+        return ("ok", compute()), None
+    except expected as exc:
+        return ("expected", str(exc)), exc
+    except Exception as exc:  # noqa: BLE001 - re-raised by computed_on_rank0 on rank 0, named to the others
+        return ("unexpected", f"{type(exc).__name__}: {exc}"), exc
+
+
+def _attempt_with_heartbeat(compute: Callable[[], T], expected: tuple[type[BaseException], ...],
+                            beat_s: float) -> tuple[tuple | None, BaseException | None]:
+    """Rank 0 runs `compute` in a thread and says every `beat_s` whether it is done; each such
+    broadcast completes long before the collective timeout however long the work takes."""
+    import threading
+    result: list = [(None, None)]
+    worker = None
+    if dist.get_rank() == 0:
+        worker = threading.Thread(target=lambda: result.__setitem__(0, _attempt(compute, expected)),
+                                  name="rank0-work", daemon=True)
+        worker.start()
+    while True:
+        if worker is not None:
+            worker.join(beat_s)
+        box = [worker is not None and not worker.is_alive()]
+        dist.broadcast_object_list(box, src=0)
+        if box[0]:
+            return result[0]
 
 
 SHM_DIR = Path("/dev/shm")

@@ -43,13 +43,21 @@ def extract_features(features_of: Callable[[torch.Tensor], torch.Tensor], batche
     return {"features": torch.cat(feats), "label": torch.cat(labels), "index": torch.cat(indices)}
 
 
-def gather_features(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Every rank's features on every rank, ordered by video index (so all ranks agree exactly)."""
+GATHER_CHUNK_BYTES = 64 << 20  # per rank and collective: what the gather adds to device memory, times the ranks
+
+
+def gather_features(local: dict[str, torch.Tensor], device: torch.device | str = "cpu",
+                    chunk_bytes: int = GATHER_CHUNK_BYTES) -> dict[str, torch.Tensor]:
+    """Every rank's features on every rank, ordered by video index (so all ranks agree exactly).
+
+    Gathered as tensors, a few rows at a time (`chunk_bytes` per rank per collective, on `device`:
+    where the process group's collectives run), straight into host memory. Kinetics-400 at 15 views
+    of 1024 floats is ~15 GB: pickled in one piece (`all_gather_object`) it was that much again per
+    rank in pickles and, under NCCL, all of it on the GPU at once beside the model."""
     import torch.distributed as tdist
     parts = [local]
     if tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1:
-        parts = [None] * tdist.get_world_size()
-        tdist.all_gather_object(parts, local)
+        parts = _gather_rows(local, torch.device(device), chunk_bytes)
     parts = [p for p in parts if p["features"].numel()]
     if not parts:
         raise RuntimeError("no training video could be encoded for the linear probe's feature cache")
@@ -59,6 +67,39 @@ def gather_features(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if len(torch.unique(merged["index"])) != len(merged["index"]):
         raise RuntimeError("the feature pass encoded a video twice: the eval stream's split is not disjoint")
     return merged
+
+
+def _gather_rows(local: dict[str, torch.Tensor], device: torch.device, chunk_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Each rank's (features, label, index), in rank order, on every rank; rows sent in chunks."""
+    import torch.distributed as tdist
+    world = tdist.get_world_size()
+    feats = local["features"]
+    shapes = [torch.zeros(3, dtype=torch.int64, device=device) for _ in range(world)]
+    tdist.all_gather(shapes, torch.tensor([feats.shape[0], *feats.shape[1:]], dtype=torch.int64, device=device))
+    shapes = [tuple(s.tolist()) for s in shapes]
+    encoded = {(views, dim) for rows, views, dim in shapes if rows}
+    if len(encoded) > 1:
+        raise RuntimeError(f"the ranks encoded features of different shapes (rows, views, dim): {shapes}")
+    views, dim = encoded.pop() if encoded else (1, 0)
+    if not feats.shape[0]:
+        feats = torch.zeros(0, views, dim)
+    meta = torch.stack([local["label"].long(), local["index"].long()], dim=1) if feats.shape[0] else \
+        torch.zeros(0, 2, dtype=torch.int64)
+    counts = [rows for rows, _, _ in shapes]
+    out = [{"features": torch.empty(n, views, dim), "meta": torch.empty(n, 2, dtype=torch.int64)} for n in counts]
+    step = max(1, chunk_bytes // max(1, views * dim * 4 + 16))
+    for start in range(0, max(counts), step):
+        stop = min(max(counts), start + step)
+        for key, mine in (("features", feats), ("meta", meta)):
+            piece = torch.zeros(stop - start, *mine.shape[1:], dtype=mine.dtype, device=device)
+            rows = mine[start:stop]
+            piece[:rows.shape[0]] = rows.to(device)
+            gathered = [torch.empty_like(piece) for _ in range(world)]
+            tdist.all_gather(gathered, piece)
+            for rank, got in enumerate(gathered):
+                if start < counts[rank]:
+                    out[rank][key][start:min(stop, counts[rank])] = got[:min(stop, counts[rank]) - start].cpu()
+    return [{"features": o["features"], "label": o["meta"][:, 0], "index": o["meta"][:, 1]} for o in out]
 
 
 class FeatureStream:
@@ -108,6 +149,10 @@ class FeatureStream:
     def resumes_alone(self, state: dict[str, Any]) -> bool:
         """The position is global (the same on every rank), so any rank's state resumes any layout."""
         return True
+
+    def continued_state(self, states: list[dict[str, Any]]) -> dict[str, Any]:
+        """Any saved rank's state: the position is global."""
+        return states[0]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if isinstance(state, (list, tuple)):

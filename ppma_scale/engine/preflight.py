@@ -88,17 +88,16 @@ def checked_resume_plan(plan: ResumePlan, cfg: Config, task: Task, run_dir: Path
     """Rank 0's plan on every rank. When the ranks only listed the checkpoint's files before the
     process group existed, rank 0 now plans again opening them (falling back past damaged tags as
     `--resume auto` does) and every rank gets its plan, or raises its error (ConfigError)."""
-    outcome = plan
-    if dist.is_main and not plan.checked_files:
-        try:
-            outcome = _resume_plan(cfg, task, run_dir, resume, allow_config_change, deep=True)
-            if outcome.checkpoint is not None:
-                task.check_checkpoint_record(outcome.meta, outcome.checkpoint.path)
-        except (ValueError, OSError) as exc:  # DamagedCheckpoint, a changed config, ...: one message for all
-            outcome = ConfigError(str(exc))
-    outcome = distmod.broadcast_object(outcome if dist.is_main else None)
-    if isinstance(outcome, ConfigError):
-        raise outcome
+    def deep_plan() -> ResumePlan:
+        if plan.checked_files:
+            return plan
+        outcome = _resume_plan(cfg, task, run_dir, resume, allow_config_change, deep=True)
+        if outcome.checkpoint is not None:
+            task.check_checkpoint_record(outcome.meta, outcome.checkpoint.path)
+        return outcome
+
+    # DamagedCheckpoint, a changed config, ...: one message on every rank
+    outcome = distmod.computed_on_rank0(deep_plan, f"checking the checkpoints in {run_dir}", raise_as=ConfigError)
     if outcome.checkpoint is not None:
         task.resume_from = outcome.checkpoint.path
     return outcome

@@ -104,22 +104,18 @@ def merged_once(path: str | Path, dist=None, scratch_dir: str | Path | None = No
         yield path
         return
     from . import dist as distmod
-    outcome = None
-    if dist.is_main:
-        try:
-            from ..export import consolidated_state_dict
-            from ..models.convert import save_safetensors
-            from .checkpoint import find_checkpoint
-            ckpt = find_checkpoint(location, what="pretrained weights")
-            digest = hashlib.sha1(str(ckpt.path.resolve()).encode()).hexdigest()[:12]
-            target = Path(scratch_dir) / f".merged-{ckpt.tag}-{digest}.safetensors"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            outcome = ("file", str(save_safetensors(consolidated_state_dict(ckpt), target)))
-        except (ValueError, OSError) as exc:
-            outcome = ("error", str(exc))
-    kind, value = distmod.broadcast_object(outcome)
-    if kind == "error":
-        raise ValueError(value)
+
+    def merge() -> str:
+        from ..export import consolidated_state_dict
+        from ..models.convert import save_safetensors
+        from .checkpoint import find_checkpoint
+        ckpt = find_checkpoint(location, what="pretrained weights")
+        digest = hashlib.sha1(str(ckpt.path.resolve()).encode()).hexdigest()[:12]
+        target = Path(scratch_dir) / f".merged-{ckpt.tag}-{digest}.safetensors"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return str(save_safetensors(consolidated_state_dict(ckpt), target))
+
+    value = distmod.computed_on_rank0(merge, f"merging the ZeRO partitions of {location}")
     try:
         yield value
     finally:

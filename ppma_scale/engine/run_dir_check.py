@@ -25,7 +25,7 @@ import torch.distributed as torch_dist
 
 from ..atomic import write_text_atomic
 from ..config import ConfigError
-from .dist import DistInfo, broadcast_object
+from .dist import DistInfo, computed_on_rank0
 
 TOKEN_PREFIX = ".ppma_shared_check."
 WAIT_S = 60.0  # how long a rank looks for the token before it reports it missing
@@ -99,21 +99,22 @@ def check_shared_run_dir(run_dir: Path, dist_info: DistInfo, *, wait_s: float = 
         return
     run_dir = Path(run_dir)
     host = socket.gethostname()
-    setup = None
-    if dist_info.is_main:
+
+    def write_token() -> dict[str, str]:
         token = secrets.token_hex(16)
         name = TOKEN_PREFIX + token[:12]  # a fresh name: no cached or leftover copy of it can exist anywhere
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(run_dir / name, token)
-            setup = {"token": token, "name": name, "host": host, "dir": str(run_dir), "error": None}
         except OSError as exc:
-            setup = {"host": host, "dir": str(run_dir), "error": f"{type(exc).__name__}: {exc}"}
-    setup = broadcast_object(setup)  # sent once the file is written: this is the first barrier
-    if setup["error"] is not None:
-        raise ConfigError(f"rank 0 (host {setup['host']}) could not create its check file in the run directory "
-                         f"{setup['dir']}: {setup['error']}. The run directory must be writable and on a "
-                         "filesystem every node shares (set --output / run.output)")
+            raise ConfigError(f"rank 0 (host {host}) could not create its check file in the run directory "
+                              f"{run_dir}: {type(exc).__name__}: {exc}. The run directory must be writable and on "
+                              "a filesystem every node shares (set --output / run.output)") from exc
+        return {"token": token, "name": name, "host": host, "dir": str(run_dir)}
+
+    # sent once the file is written: this is the first barrier
+    setup = computed_on_rank0(write_token, f"writing a check file into {run_dir}", expected=(ConfigError,),
+                              raise_as=ConfigError)
     mine = None
     if not dist_info.is_main:
         why = _read_token(run_dir / setup["name"], setup["token"], wait_s, dist_info.rank)

@@ -166,15 +166,26 @@ class _Trainer:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {ckpt.path}")
 
     def _restore(self, ckpt: Checkpoint, stream) -> None:
-        same_world = ckpt.world_size == self.dist.world_size
-        mine = self.ckpts.load_rank_states(ckpt, [self.dist.rank if same_world else 0])[0]
-        if same_world and stream.resumes_alone(mine["stream"]):
-            stream.load_state_dict(mine["stream"])
-            restore_rng(mine["rng"])
-        else:  # the stream continues the epoch over what no saved rank had consumed; fresh RNG streams
+        """Each rank resumes its own saved state when that alone places it (same ranks, workers and
+        batch). Otherwise the data continues over what no saved rank had consumed, with fresh RNG
+        streams: rank 0 reads every saved rank's state and works that out once, every rank is given
+        it (each reading all of them would be ranks x ranks file opens at start-up)."""
+        if ckpt.world_size == self.dist.world_size:  # the same answer on every rank: one saved layout
+            mine = self.ckpts.load_rank_states(ckpt, [self.dist.rank])[0]
+            if stream.resumes_alone(mine["stream"]):
+                stream.load_state_dict(mine["stream"])
+                restore_rng(mine["rng"])
+                self.task.load_state_dict(mine.get("task", {}))
+                return
+
+        def continued() -> dict:
             states = self.ckpts.load_rank_states(ckpt, range(ckpt.world_size))
-            stream.load_state_dict([s["stream"] for s in states])
-        self.task.load_state_dict(mine.get("task", {}))
+            return {"stream": stream.continued_state([s["stream"] for s in states]),
+                    "task": states[0].get("task", {})}
+
+        state = distmod.computed_on_rank0(continued, f"reading the data states saved in {ckpt.path}")
+        stream.load_state_dict(state["stream"])
+        self.task.load_state_dict(state["task"])
 
     def _peak_tflops(self) -> float | None:
         if self.cfg.train.peak_tflops is not None:

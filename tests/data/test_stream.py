@@ -109,6 +109,25 @@ def test_world_size_change_continues_over_the_unconsumed_samples(make_shards):
         stream([manifest], world_size=1).load_state_dict(states[0])
 
 
+def test_one_rank_works_out_the_continuation_and_every_rank_of_the_new_layout_loads_it(make_shards):
+    """What the trainer does on a layout change: rank 0 calls continued_state(all saved states) and
+    broadcasts it (pickled); each new rank must then read exactly what the full list gives it."""
+    import pickle
+    manifest = make_shards("a", [8, 8, 8, 6])  # 30 samples
+    heads, states = zip(*[run_until([manifest], 2, rank=r, world_size=3) for r in range(3)])  # 12 consumed
+    consumed = {k for h in heads for k in h}
+    continued = pickle.loads(pickle.dumps(stream([manifest], world_size=2).continued_state(list(states))))
+    assert json.loads(json.dumps(continued)) == continued  # plain data, like every saved state
+    tails = []
+    for r in range(2):
+        given = run_until([manifest], 4, state=continued, rank=r, world_size=2)[0]  # 18 left: 4 steps of 2 x 2
+        assert given == run_until([manifest], 4, state=list(states), rank=r, world_size=2)[0]
+        tails += given
+    assert len(tails) == len(set(tails)) == 16 and not consumed & set(tails)
+    with pytest.raises(ValueError, match="made for 2 ranks x 2 workers x batch 2, this stream is 1 x"):
+        stream([manifest], world_size=1).load_state_dict(continued)
+
+
 def test_state_from_other_data_is_refused(make_shards):
     a, b = make_shards("a", [4, 4]), make_shards("b", [4, 5])
     _, state = run_until([a], 1)

@@ -35,11 +35,12 @@ import numpy as np
 import torch
 
 from ..atomic import write_text_atomic
-from .dist import DistInfo, barrier, broadcast_object
+from .dist import DistInfo, barrier, computed_on_rank0, gathered_on_rank0
 
 LATEST = "latest"
 MARKER = "ppma_complete.json"
 UNIVERSAL = "universal"
+UNIVERSAL_BEAT_S = 30.0  # how often the ranks waiting for the conversion hear from rank 0
 _TAG = re.compile(r"^step_(\d+)$")
 # Test hook: `STEP` or `STEP:RANK` makes that rank (every rank without `:RANK`) SIGKILL itself midway
 # through saving checkpoint STEP: after DeepSpeed wrote its files, before the checkpoint is complete.
@@ -138,11 +139,45 @@ def _zip_problem(path: Path) -> str | None:
     return None
 
 
+def file_checksum(path: Path, chunk_bytes: int = 16 << 20) -> str:
+    """'crc32:<8 hex digits>' of the file's bytes. zlib's CRC runs at 1-2 GB/s and releases the GIL,
+    so a checkpoint's files can be summed in parallel threads."""
+    import zlib
+    crc, buffer = 0, bytearray(chunk_bytes)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as stream:
+        while read := stream.readinto(buffer):
+            crc = zlib.crc32(view[:read], crc)
+    return f"crc32:{crc:08x}"
+
+
+def _checksum_problems(tag_dir: Path, files: dict[str, Path], recorded: dict[str, str]) -> list[str]:
+    """The files whose bytes differ from the checksums recorded in the marker when they were saved."""
+    from concurrent.futures import ThreadPoolExecutor
+    named = [(name, want) for name, want in sorted(recorded.items()) if name in files]
+    with ThreadPoolExecutor(max(1, min(_SUM_THREADS, len(named)))) as pool:
+        found = list(pool.map(lambda item: _checksum_or_error(files[item[0]]), named))
+    return [f"{files[name]}: contents changed since it was saved ({got}, the marker recorded {want})"
+            for (name, want), got in zip(named, found) if got != want]
+
+
+def _checksum_or_error(path: Path) -> str:
+    try:
+        return file_checksum(path)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+
+
+_SUM_THREADS = 8
+
+
 def checkpoint_problems(ckpt: Checkpoint, deep: bool = True) -> list[str]:
-    """What is wrong with the files of a complete-marked checkpoint, cheaply: every file the marker's
-    world size and ZeRO stage imply is present and, when `deep`, non-empty and an intact-looking zip;
-    [] if fine. Not `deep`: one directory listing, no per-file stat or open (a 512-rank checkpoint has
-    over a thousand files, and every rank of a job checks before its process group exists)."""
+    """What is wrong with the files of a complete-marked checkpoint: every file the marker's world
+    size and ZeRO stage imply is present and, when `deep`, non-empty, an intact-looking zip and (for
+    checkpoints whose marker records checksums) byte for byte what was saved; [] if fine. `deep`
+    reads every file once (rank 0 alone in a multi-rank job). Not `deep`: one directory listing, no
+    per-file stat or open (a 512-rank checkpoint has over a thousand files, and every rank of a job
+    checks before its process group exists)."""
     ranks = range(ckpt.world_size)
     with os.scandir(ckpt.path) as entries:
         files = {e.name: Path(e.path) for e in entries if e.is_file()}
@@ -159,6 +194,8 @@ def checkpoint_problems(ckpt: Checkpoint, deep: bool = True) -> list[str]:
     for name in sorted(files) if deep else ():
         if name.endswith(".pt") and (why := _zip_problem(files[name])):
             problems.append(f"{files[name]}: {why}")
+    if deep and not problems:
+        problems = _checksum_problems(ckpt.path, files, (read_marker(ckpt.path) or {}).get("checksums") or {})
     return problems
 
 
@@ -309,12 +346,14 @@ class CheckpointManager:
             own = [f"rank_{r:05d}.pt", f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt",
                    f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt", f"zero_pp_rank_{r}_mp_rank_00_model_states.pt"]
             own += ["mp_rank_00_model_states.pt"] if self.dist.is_main else []
-            _fsync_existing(tag_dir / name for name in own)
+            synced = _fsync_existing(tag_dir / name for name in own)
+            sums = {path.name: file_checksum(path) for path in synced}  # read back from the page cache
         except OSError as exc:  # e.g. a full disk, or EIO from fsync (the data did not reach the disk)
-            error = exc
+            error, sums = exc, {}
         if _fault_requested(step, self.dist.rank):
             os.kill(os.getpid(), signal.SIGKILL)
         agree(error, False, f"writing its files of checkpoint {tag_dir}", self.dist.device)  # the barrier
+        sums = gathered_on_rank0(sums)
         ckpt = Checkpoint(path=tag_dir, step=step, world_size=self.dist.world_size,
                           zero_stage=int(engine.zero_optimization_stage()))
         error = None
@@ -322,7 +361,8 @@ class CheckpointManager:
             try:
                 _fsync_existing([tag_dir])  # the names of every rank's files, all written by now
                 marker = {"step": step, "world_size": ckpt.world_size, "zero_stage": ckpt.zero_stage,
-                          "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
+                          "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta,
+                          "checksums": dict(sorted(item for part in sums for item in part.items()))}
                 write_text_atomic(tag_dir / MARKER, json.dumps(marker, indent=1))
                 _fsync_existing([tag_dir])  # the marker's name: durable before rotation deletes older tags
                 write_text_atomic(self.root / LATEST, tag_dir.name)
@@ -365,13 +405,16 @@ class CheckpointManager:
         else:  # another run's checkpoint: never write into it (it may be read-only, or someone else's)
             load_dir, tag = self.root.parent / UNIVERSAL, ckpt.tag
         target = load_dir / tag
-        if self.dist.is_main and not (target / MARKER).is_file():
-            error = convert_to_universal(ckpt.path, target)
-        else:
-            error = None
-        error = broadcast_object(error)
-        if error:
-            raise RuntimeError(error)
+
+        def convert() -> None:
+            if not (target / MARKER).is_file():
+                error = convert_to_universal(ckpt.path, target)
+                if error:
+                    raise RuntimeError(error)
+
+        # rank 0 converts while the others wait: for a large model on many ranks longer than a collective may
+        computed_on_rank0(convert, f"converting {ckpt.path} to a universal checkpoint", expected=(RuntimeError, OSError),
+                          raise_as=RuntimeError, beat_s=UNIVERSAL_BEAT_S)
         return load_dir, tag, True
 
     def load_rank_states(self, ckpt: Checkpoint, ranks: Iterable[int]) -> list[dict[str, Any]]:

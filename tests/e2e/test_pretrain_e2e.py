@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 from ppma_scale.engine.dist import DS_SHM_PREFIX, SHM_DIR, deepspeed_cpu_allreduce_buffer, resolve_launch_env
 
@@ -139,6 +140,11 @@ def test_reference_run_writes_a_complete_run_directory(reference, nohuman):
     assert marker["world_size"] == 2 and marker["zero_stage"] == 2 and marker["step"] == 8
     from ppma_scale.data.shards import open_sources
     assert marker["data_layouts"] == [d.layout for d in open_sources([nohuman])[0]]  # what a resume checks its shards against
+    from ppma_scale.engine.checkpoint import file_checksum
+    tag_dir = reference / "checkpoints" / "step_00000008"
+    saved = sorted(p.name for p in tag_dir.glob("*.pt"))  # rank 0's and rank 1's files, each summed by its writer
+    assert sorted(marker["checksums"]) == saved and len(saved) == 5
+    assert all(marker["checksums"][name] == file_checksum(tag_dir / name) for name in saved)
     assert [e["event"] for e in read_jsonl(reference / "events.jsonl")][-1] == "end"
 
 
@@ -287,17 +293,40 @@ def test_missing_shards_are_checked_by_rank_0_alone_and_stop_every_rank(tmp_path
     assert not (run_dir / "config.yaml").exists() and not (run_dir / "checkpoints").exists()  # nothing written
 
 
+def flip_a_tensor_byte(path: Path) -> None:
+    """Change one byte inside the largest tensor of a torch zip file: same size, same zip structure."""
+    import zipfile
+    with zipfile.ZipFile(path) as archive:
+        largest = max(archive.infolist(), key=lambda info: info.file_size)
+    data = bytearray(path.read_bytes())
+    start = largest.header_offset
+    name_len, extra_len = (int.from_bytes(data[start + at:start + at + 2], "little") for at in (26, 28))
+    data[start + 30 + name_len + extra_len + largest.file_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["cut", "flip"])
 def test_a_damaged_checkpoint_is_found_by_rank_0_alone_and_every_rank_falls_back(tmp_path, nohuman, reference,
-                                                                                 two_ranks_without_launcher):
+                                                                                 two_ranks_without_launcher, damage):
     """The ranks only list the checkpoint's files before the process group exists; rank 0 then opens
-    them, finds rank 1's file of step 8 cut short, and every rank resumes from step 6."""
+    them, finds a file of step 8 damaged (rank 1's cut short, or rank 1's optimizer partition with a
+    byte changed inside a tensor: only its checksum shows that), and every rank resumes from step 6."""
     import shutil
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir)
-    cut = run_dir / "checkpoints" / "step_00000008" / "rank_00001.pt"
-    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    tag_dir = run_dir / "checkpoints" / "step_00000008"
+    if damage == "cut":
+        cut = tag_dir / "rank_00001.pt"
+        cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    else:
+        from ppma_scale.engine.checkpoint import _zip_problem
+        flipped = tag_dir / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+        flip_a_tensor_byte(flipped)
+        assert _zip_problem(flipped) is None  # the structure is intact
     done = two_ranks_without_launcher([str(COUNTING), str(tmp_path), "pretrain", *common_args(run_dir, nohuman)])
     assert all(d.returncode == 0 for d in done), [d.stderr[-3000:] for d in done]
+    if damage == "flip":
+        assert f"{flipped}: contents changed since it was saved" in done[0].stdout + done[0].stderr
     rank0, rank1 = counts(tmp_path)
     assert rank0["zip_checks"] > 0 and rank1["zip_checks"] == 0
     events = read_jsonl(run_dir / "events.jsonl")
@@ -305,3 +334,26 @@ def test_a_damaged_checkpoint_is_found_by_rank_0_alone_and_every_rank_falls_back
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step_00000008")) == [
         "step_00000008", "step_00000008.damaged"]  # set aside, then saved again
     assert losses(run_dir) == losses(reference)
+
+
+def test_a_resume_on_another_data_layout_is_worked_out_by_rank_0_alone(tmp_path, nohuman, reference,
+                                                                       two_ranks_without_launcher):
+    """With another worker count (likewise another world size) the data epoch continues over what no
+    saved rank consumed. Rank 0 reads every saved rank's data state and works that out once; the other
+    ranks are given it (each reading every saved rank's file is ranks x ranks opens at start-up)."""
+    import shutil
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    done = two_ranks_without_launcher([str(COUNTING), str(tmp_path), "pretrain",
+                                       *common_args(run_dir, nohuman, "data.num_workers=2", "train.max_steps=10")])
+    assert all(d.returncode == 0 for d in done), [d.stderr[-3000:] for d in done]
+    rank0, rank1 = counts(tmp_path)
+    assert (rank0["data_state_files"], rank0["continue_plans"]) == (1 + 2, 1)  # its own file, then both
+    assert (rank1["data_state_files"], rank1["continue_plans"]) == (1, 0)  # its own file only
+    after = losses(run_dir)
+    assert sorted(after)[-2:] == [9, 10] and all(after[step] == losses(reference)[step] for step in range(1, 9))
+    marker = json.loads((run_dir / "checkpoints" / latest_tag(run_dir) / "ppma_complete.json").read_text())
+    assert marker["step"] == 10
+    states = [torch.load(run_dir / "checkpoints" / latest_tag(run_dir) / f"rank_{r:05d}.pt", weights_only=True)
+              for r in range(2)]
+    assert [s["stream"]["workers"] for s in states] == [2, 2] and [s["stream"]["rank"] for s in states] == [0, 1]

@@ -117,7 +117,7 @@ def _run_two_ranks(argv: list[str], timeout: int = 150) -> list[subprocess.Compl
     return done
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # stateless: module fixtures may run their ranks with it too
 def two_ranks_without_launcher() -> Callable[..., list[subprocess.CompletedProcess]]:
     """Start `python ARGV...` as ranks 0 and 1 of one job from env:// variables alone, as on the nodes
     of a DeepSpeed hostfile (pdsh) job: no launcher kills one rank when the other fails."""

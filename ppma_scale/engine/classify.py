@@ -27,6 +27,7 @@ from .agreement import agreed
 from .dist import DistInfo
 from .evaluate import headline, run_evaluation, score_eval_batches
 from .param_groups import build_param_groups, no_weight_decay_names
+from .signals import StopRequest
 from .tasks import StepContext, Task, TrainStream, register_task
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ class ClassifyTask(Task):
         try:
             out = ctx.run_dir / "eval" / f"step_{ctx.step:08d}.json"
             metrics = evaluate_classifier(self.cfg, ctx.dist, partial(self._predict, engine, ctx), out,
-                                          self.label_space())
+                                          self.label_space(), stop=ctx.stop)
         finally:
             engine.train(was_training)
         results = headline(metrics)
@@ -278,12 +279,13 @@ def views_stream(cfg, dist: DistInfo, datasets: list, classes: list[str]):
 
 
 def evaluate_classifier(cfg, dist: DistInfo, predict, out_file: Path, classes: list[str],
-                        record: dict | None = None) -> dict:
+                        record: dict | None = None, stop: StopRequest | None = None) -> dict:
     """Multi-view evaluation of `predict(video_uint8) -> logits` on data.val over all ranks (`record`:
-    written into the metrics, see run_evaluation)."""
+    written into the metrics, see run_evaluation). With `stop`, a stop signal on any rank raises
+    `StopAgreed` on every rank at the same batch, before anything is gathered or written."""
     from .data_args import skipped_samples
     stream = views_stream(cfg, dist, cfg.data.val, classes)
-    scored = score_eval_batches(predict, agreed(stream, "reading its evaluation videos", dist.device),
+    scored = score_eval_batches(predict, agreed(stream, "reading its evaluation videos", dist.device, stop),
                                 views_per_forward=cfg.train.micro_batch)
     return run_evaluation(scored, len(classes), class_names=classes, out_file=out_file,
                           expected_videos=stream.num_videos, skipped=lambda: skipped_samples(stream.stats()),

@@ -2,7 +2,9 @@
 the step, save, exit 0. A second Ctrl-C aborts at once (KeyboardInterrupt), as users expect.
 
 A handler only raises a flag; the loop polls it once per optimizer step through a max-all-reduce so
-that every rank stops after the same step even when only some ranks got the signal. The DataLoader
+that every rank stops after the same step even when only some ranks got the signal, and an
+evaluation reads it at every batch fetch, in the all-reduce that fetch already makes
+(agreement.agreed), so a long evaluation is abandoned at the same batch on every rank. The DataLoader
 workers ignore these signals while their rank lives (data.consumer.ignore_stop_signals): the rank
 still needs them for the step it finishes.
 """

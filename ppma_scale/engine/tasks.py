@@ -28,6 +28,7 @@ from torch import nn
 from ..config import Config, ConfigError
 from .dist import DistInfo
 from .param_groups import build_param_groups, no_weight_decay_names
+from .signals import StopRequest
 
 
 class TrainStream(Protocol):
@@ -54,6 +55,7 @@ class StepContext:
     dtype: torch.dtype  # the engine's compute dtype: inputs must be cast to it
     seed: int
     run_dir: Path
+    stop: StopRequest | None = None  # in an evaluation: pass it to `agreed` so a stop signal abandons the pass
 
     @property
     def device(self) -> torch.device:
@@ -149,7 +151,10 @@ class Task:
 
     # ---- optional hooks -----------------------------------------------------------------------
     def evaluate(self, engine: nn.Module, ctx: StepContext) -> dict[str, float] | None:
-        """Evaluate on every rank (collectives allowed); rank 0's returned numbers are logged."""
+        """Evaluate on every rank (collectives allowed); rank 0's returned numbers are logged. Read the
+        batches through `agreed(..., stop=ctx.stop)`: a stop signal then raises `StopAgreed` on every
+        rank at the same batch, and the trainer saves and stops instead of finishing the pass (write
+        results only once the pass is complete)."""
         return None
 
     def checkpoint_record(self) -> dict[str, Any]:

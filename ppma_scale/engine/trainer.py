@@ -22,7 +22,7 @@ import torch
 
 from ..config import Config, config_to_dict, save_config
 from . import dist as distmod
-from .agreement import agreed
+from .agreement import StopAgreed, agreed
 from .checkpoint import LATEST, Checkpoint, CheckpointManager, capture_rng, restore_rng, set_aside
 from .data_args import skipped_samples
 from .lr_schedule import WarmupCosine, apply_lr, peak_lr
@@ -230,7 +230,7 @@ class _Trainer:
                       + (f", from step {start}" if start else ""),
                       step=start, total_steps=schedule.total, world_size=dist.world_size)
         try:
-            return self._loop(engine, stream, schedule, log, start)
+            return self._loop(engine, stream, schedule, log, start, ckpt)
         finally:
             log.close()
             close = getattr(stream, "close", None)
@@ -279,23 +279,19 @@ class _Trainer:
         log.event("resume", f"resuming from {ckpt.path} at step {ckpt.step} (saved on {ckpt.world_size} ranks, "
                   f"now {self.dist.world_size})", step=ckpt.step, checkpoint=str(ckpt.path))
 
-    def _loop(self, engine, stream, schedule: _Schedule, log: MetricsLogger, start: int) -> TrainResult:
+    def _loop(self, engine, stream, schedule: _Schedule, log: MetricsLogger, start: int,
+              resumed: Checkpoint | None) -> TrainResult:
         cfg, dist, task = self.cfg, self.dist, self.task
         train = cfg.train
         dtype = _compute_dtype(engine)
         ds_guard = deepspeed_skips_nonfinite(engine)
         peak = self._peak_tflops()
-        if start == schedule.total and task_has_eval(task) and not self._evaluated(start):
-            # stopped (a signal at the last step, or killed during its evaluation) before the final
-            # evaluation: the run is trained, but its result is still owed
-            log.event("eval_pending", f"step {start} was saved but not evaluated: evaluating now", step=start)
-            self._evaluate(engine, start, schedule, dtype, log)
+        step, last_ckpt = start, resumed
+        stop_signal = self._evaluate_owed(engine, start, schedule, dtype, log)
         batches = agreed(stream, "reading its training batch", dist.device)  # a rank whose data fails stops all
         window, losses = ThroughputWindow(), LossWindow(dist.device)
         nonfinite_run, skipped_total = 0, 0
-        last_ckpt: Checkpoint | None = None
-        step, stopped_by = start, None
-        while step < schedule.total:
+        while step < schedule.total and not stop_signal:
             lr = schedule.lr(step)
             apply_lr(engine.optimizer.param_groups, lr)
             task.train_mode(engine)
@@ -329,23 +325,31 @@ class _Trainer:
                 nonfinite_run = 0
                 losses.add(step_loss, step_extras)
             stop_signal = int(distmod.all_reduce_max(self.stop.signum, dist.device))  # any rank's signal stops all
-            stop_now = stop_signal > 0
-            if step % train.log_every == 0 or step == schedule.total or stop_now:  # a stop logs the steps since the last record
+
+            def log_step() -> None:  # a stop logs the steps since the last record
+                norm = grad_norm
                 if ds_guard:  # read only when logged: it syncs with the device
-                    norm = engine.get_global_grad_norm()
-                    grad_norm = float(norm) if norm is not None and applied else None
-                self._log(step, lr, grad_norm, losses, skipped_total, window, schedule, stream, log, peak)
-            due = (train.ckpt_every and step % train.ckpt_every == 0) or step == schedule.total or stop_now
-            if due:
+                    value = engine.get_global_grad_norm()
+                    norm = float(value) if value is not None and applied else None
+                self._log(step, lr, norm, losses, skipped_total, window, schedule, stream, log, peak)
+
+            logged = step % train.log_every == 0 or step == schedule.total or stop_signal
+            if logged:
+                log_step()
+            saved = (train.ckpt_every and step % train.ckpt_every == 0) or step == schedule.total or stop_signal
+            if saved:  # before an evaluation: a job killed during it keeps this step
                 last_ckpt = self._save(engine, stream, step, schedule, log)
-            if task_has_eval(task) and schedule.eval_due(step, train.eval_every) and not stop_now:
-                self._evaluate(engine, step, schedule, dtype, log)
-            if stop_now:
-                stopped_by = signal.Signals(stop_signal).name
-                log.event("stop", f"stopping after step {step} on {stopped_by}; checkpoint saved", step=step,
-                          signal=stopped_by)
-                break
-        if not stopped_by:
+            if task_has_eval(task) and schedule.eval_due(step, train.eval_every) and not stop_signal:
+                stop_signal = self._evaluate(engine, step, schedule, dtype, log)
+                if stop_signal and not logged:
+                    log_step()
+                if stop_signal and not saved:  # a stop during the evaluation: this step is saved before stopping
+                    last_ckpt = self._save(engine, stream, step, schedule, log)
+        stopped_by = signal.Signals(stop_signal).name if stop_signal else None
+        if stopped_by:
+            log.event("stop", f"stopping after step {step} on {stopped_by}; checkpoint saved", step=step,
+                      signal=stopped_by)
+        else:
             log.event("end", f"finished {step} steps", step=step)
         return TrainResult(self.run_dir, step, schedule.total, stopped_by, last_ckpt.path if last_ckpt else None)
 
@@ -398,13 +402,35 @@ class _Trainer:
                         for e in read_jsonl(self.run_dir / EVENTS_FILE))
         return bool(distmod.broadcast_object(found))
 
-    def _evaluate(self, engine, step: int, schedule: _Schedule, dtype: torch.dtype, log: MetricsLogger) -> None:
+    def _evaluate_owed(self, engine, step: int, schedule: _Schedule, dtype: torch.dtype, log: MetricsLogger) -> int:
+        """Evaluate the resumed `step` before training on when its evaluation was due but is not recorded
+        (a stop at that step skips it, a stop during it abandons it, a kill loses it). Returns the stop
+        signal received meanwhile, or 0."""
+        if not (step and task_has_eval(self.task) and schedule.eval_due(step, self.cfg.train.eval_every)
+                and not self._evaluated(step)):
+            return 0
+        log.event("eval_pending", f"step {step} was saved but not evaluated: evaluating it now", step=step)
+        return self._evaluate(engine, step, schedule, dtype, log)
+
+    def _evaluate(self, engine, step: int, schedule: _Schedule, dtype: torch.dtype, log: MetricsLogger) -> int:
+        """Evaluate `step`; returns the stop signal any rank received meanwhile (0: none), the same on every
+        rank. A multi-view evaluation can outlast SLURM's warning before the time limit, so a stop abandons
+        it at the next batch the ranks agree on (`ctx.stop`): nothing of it is recorded, it is owed on resume."""
         ctx = StepContext(step=step, micro_step=0, epoch=schedule.epoch(step), dist=self.dist, dtype=dtype,
-                          seed=self.cfg.run.seed, run_dir=self.run_dir)
-        results = self.task.evaluate(engine, ctx)
-        if results:
+                          seed=self.cfg.run.seed, run_dir=self.run_dir, stop=self.stop)
+        try:
+            results, interrupted = self.task.evaluate(engine, ctx), False
+        except StopAgreed:
+            results, interrupted = None, True
+        stop_signal = int(distmod.all_reduce_max(self.stop.signum, self.dist.device))  # also one during its last gather
+        if interrupted:
+            name = signal.Signals(stop_signal).name
+            log.event("eval_interrupted", f"evaluation at step {step} abandoned on {name}; it runs again on resume",
+                      step=step, signal=name)
+        elif results:
             shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items())
             log.event("eval", f"eval at step {step}: {shown}", step=step, **results)
+        return stop_signal
 
 
 def _differs(path: Path, cfg: Config) -> bool:

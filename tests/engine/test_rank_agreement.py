@@ -7,9 +7,14 @@ by peer"; NCCL, when the failed rank does not exit: nothing until the process-gr
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
+
+from ppma_scale.engine.agreement import StopAgreed, agreed
+from ppma_scale.engine.signals import StopRequest
 
 WORKER = Path(__file__).parent / "helpers" / "rank_failure_worker.py"
 
@@ -42,3 +47,30 @@ def test_a_rank_whose_data_fails_stops_the_real_trainer_on_every_rank(tmp_path, 
                                   "dataset toy: 51 samples in a row")
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]  # rank 1's third batch failed before step 3 computed anything
+
+
+def test_a_stop_signal_on_one_rank_ends_an_agreed_pass_on_every_rank_at_the_same_batch(
+        tmp_path, two_ranks_without_launcher):
+    """The stop rides on the fetch's agreement (no collective of its own): rank 0, never signalled,
+    leaves at the same fetch as rank 1, and a pass whose batches have all been read is let finish."""
+    done = two_ranks_without_launcher([str(WORKER), "stop", str(tmp_path)], timeout=90)
+    assert all(d.returncode == 0 for d in done), [d.stderr[-2000:] for d in done]
+    r0, r1 = (json.loads((tmp_path / f"stop_{rank}.json").read_text()) for rank in range(2))
+    stopped = "StopAgreed: a stop signal reached 1 of 2 ranks while reading its evaluation videos: every rank stops"
+    for r in (r0, r1):
+        assert r["mid"]["items"][:2] == [0, 1] and r["mid"]["items"][2].startswith(stopped), r["mid"]
+        assert len(r["mid"]["items"]) == 3
+        assert r["at_end"]["items"] == [0, 1, 2, 3]
+        assert r["without_stop"]["items"] == [0, 1]
+
+
+def test_a_single_process_pass_stops_at_the_fetch_after_its_signal():
+    got, stop = [], StopRequest()
+    try:
+        with pytest.raises(StopAgreed, match="a stop signal arrived while reading its evaluation videos"):
+            for item in agreed(range(3), "reading its evaluation videos", stop=stop):
+                got.append(item)
+                os.kill(os.getpid(), signal.SIGUSR1)
+    finally:
+        stop.close()
+    assert got == [0]

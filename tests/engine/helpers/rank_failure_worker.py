@@ -2,7 +2,8 @@
 DeepSpeed's pdsh launcher: nothing kills the others when one fails).
 
 `python rank_failure_worker.py agree OUT` runs `agreed` over in-memory batches, case after case, and
-writes what each rank saw; `python rank_failure_worker.py train OUT` runs the real trainer and
+writes what each rank saw; `... stop OUT` does the same with a real SIGUSR1 to rank 1 (and a real
+StopRequest on each rank); `python rank_failure_worker.py train OUT` runs the real trainer and
 DeepSpeed on ToyTask with rank 1's stream failing at its third batch. Rank and world come from the
 env:// variables the test sets.
 """
@@ -47,6 +48,34 @@ if mode == "agree":
         "after": lambda: list(agreed(range(2), "reading")),  # the group still works after the failures
     }
     (out / f"agree_{rank}.json").write_text(json.dumps({name: outcome(fn) for name, fn in cases.items()}))
+    shutdown()
+elif mode == "stop":
+    import signal
+    from ppma_scale.engine.agreement import StopAgreed, agreed
+    from ppma_scale.engine.dist import init_distributed, shutdown
+    from ppma_scale.engine.signals import StopRequest
+    init_distributed(timeout_s=60)
+
+    def signalled_after(item: int, count: int = 4) -> list:
+        """The items every rank got from `agreed(range(count))` while rank 1 signals itself on `item`."""
+        got, stop = [], StopRequest()
+        try:
+            for i in agreed(range(count), "reading its evaluation videos", stop=stop):
+                got.append(i)
+                if rank == 1 and i == item:
+                    os.kill(os.getpid(), signal.SIGUSR1)
+        except StopAgreed as exc:
+            got.append(f"StopAgreed: {exc}")
+        finally:
+            stop.close()
+        return got
+
+    cases = {
+        "mid": lambda: signalled_after(1),
+        "at_end": lambda: signalled_after(3),  # after the last batch: the pass has read everything, it ends
+        "without_stop": lambda: list(agreed(range(2), "reading")),  # the flag is this call's only
+    }
+    (out / f"stop_{rank}.json").write_text(json.dumps({name: outcome(fn) for name, fn in cases.items()}))
     shutdown()
 else:
     from toy_task import ToyStream, ToyTask, toy_config

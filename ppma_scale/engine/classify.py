@@ -187,6 +187,9 @@ class ClassifyTask(Task):
         return classification_loss(logits, target), {}
 
     # ---- evaluation ---------------------------------------------------------------------------
+    def evaluates(self) -> bool:
+        return bool(self.cfg.data.val)
+
     def evaluate(self, engine: nn.Module, ctx: StepContext) -> dict[str, float] | None:
         if not self.cfg.data.val:
             return None

@@ -150,6 +150,10 @@ class Task:
         raise NotImplementedError
 
     # ---- optional hooks -----------------------------------------------------------------------
+    def evaluates(self) -> bool:
+        """Whether `evaluate` has anything to do (the trainer owes a resumed run only such evaluations)."""
+        return type(self).evaluate is not Task.evaluate
+
     def evaluate(self, engine: nn.Module, ctx: StepContext) -> dict[str, float] | None:
         """Evaluate on every rank (collectives allowed); rank 0's returned numbers are logged. Read the
         batches through `agreed(..., stop=ctx.stop)`: a stop signal then raises `StopAgreed` on every

@@ -85,3 +85,15 @@ def test_val_classes_outside_the_training_label_space_stop_the_run_before_traini
     err = launch_errors(capsys, tmp_path, "linprobe_test.yaml", f"data.train={tiny_shards['downstream_train']}",
                         f"data.val={val / 'manifest.json'}", "model.init=null")
     assert "data.val[0]" in err and "clap" in err and "label space" in err
+
+
+@pytest.mark.parametrize("task, val, owed", [("classify", [], False), ("classify", ["val/manifest.json"], True),
+                                              ("linprobe", [], False), ("linprobe", ["val/manifest.json"], True),
+                                              ("mae", ["val/manifest.json"], False)])
+def test_only_a_task_with_something_to_evaluate_is_owed_an_evaluation_on_resume(task, val, owed):
+    """The trainer evaluates a resumed step whose due evaluation is not recorded; a classification run
+    without data.val records none, and must not log `eval_pending` at every resume for it."""
+    from ppma_scale.engine.tasks import build_task
+    from ppma_scale.engine.trainer import task_has_eval
+    cfg = build_config({"run": {"task": task}, "model": TINY, "data": {"num_frames": 4, "img_size": 32, "val": val}})
+    assert task_has_eval(build_task(cfg)) is owed

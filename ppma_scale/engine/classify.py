@@ -318,6 +318,9 @@ class LinearProbeTask(ClassifyTask):
 
     def validate(self) -> None:
         super().validate()
+        if self.cfg.train.micro_batch < 2:  # found only at the first training step, after the feature pass
+            raise ValueError(f"train.micro_batch={self.cfg.train.micro_batch}: the linear probe's head normalises with "
+                             "BatchNorm, which needs at least 2 clips per rank in each batch; set train.micro_batch >= 2")
         aug = self.cfg.augment
         if self.caches_features() and (aug.mixup > 0 or aug.cutmix > 0 or aug.erase_prob > 0 or aug.randaugment):
             raise ValueError("the linear probe caches one pass of features, so per-step augmentation cannot apply: "
@@ -334,7 +337,8 @@ class LinearProbeTask(ClassifyTask):
         _say(dist, f"encoding {stream.num_videos} training videos x {stream.views_per_video} views once with "
                    "the frozen trunk ...")
         local = extract_features(partial(self._features, model, dist),
-                                 agreed(stream, "reading its training videos for the feature cache", dist.device),
+                                 agreed(stream, "reading its training videos for the feature cache", dist.device,
+                                        self.stop),
                                  cfg.train.micro_batch)
         cache = gather_features(local, dist.device)
         _say(dist, f"feature cache: {tuple(cache['features'].shape)} (videos, views, dim)")

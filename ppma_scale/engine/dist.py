@@ -144,15 +144,6 @@ def all_reduce_max(value: float, device: torch.device) -> float:
     return float(tensor.item())
 
 
-def broadcast_object(obj, src: int = 0):
-    """Rank `src`'s Python object on every rank."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def gathered_on_rank0(obj: T) -> list[T] | None:
     """Every rank's `obj` in rank order on rank 0 (None on the others); [obj] in a single process."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):

@@ -75,6 +75,9 @@ class Task:
     # Set by the trainer when resuming: the checkpoint holds every trained weight, so model.init is
     # neither required to exist nor read.
     resume_from: Path | None = None
+    # Set by the trainer: a long pass the task makes before training (the linear probe's feature cache)
+    # reads its batches through `agreed(..., stop=self.stop)`, so a stop signal ends it on every rank.
+    stop: StopRequest | None = None
     train_layouts: list[str] | None = None  # data.train's shard layouts, once validate() has read the manifests
 
     def __init__(self, cfg: Config) -> None:

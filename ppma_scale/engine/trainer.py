@@ -132,6 +132,7 @@ def run(cfg: Config, run_dir: str | Path | None = None, resume: str = "auto", ta
 class _Trainer:
     def __init__(self, cfg: Config, run_dir: Path, task: Task, stop: StopRequest) -> None:
         self.cfg, self.run_dir, self.task, self.stop = cfg, run_dir, task, stop
+        task.stop = stop
         self.dist = distmod.init_distributed(cfg.train.dist_timeout_s)
         check_shared_run_dir(run_dir, self.dist)  # node-local --output would fail only at the first resume
         self.ckpts = CheckpointManager(run_dir / "checkpoints", self.dist, cfg.train.keep_last)
@@ -202,7 +203,10 @@ class _Trainer:
         engine, load = self._build_engine(ckpt)
         if ckpt is not None:
             self._load_weights(engine, ckpt, load)
-        stream = task.build_train_stream(dist, engine)
+        try:
+            stream = task.build_train_stream(dist, engine)
+        except StopAgreed:  # during a pass the task makes first (the linear probe's feature cache)
+            return self._stopped_before_training(ckpt)
         self._data_layouts = getattr(stream, "shard_layouts", None)  # a stream whose cursor counts in shards
         start = ckpt.step if ckpt is not None else 0
         schedule = _Schedule(cfg, stream.steps_per_epoch, dist.world_size, start, plan.meta.get("epoch"))
@@ -236,6 +240,17 @@ class _Trainer:
             close = getattr(stream, "close", None)
             if callable(close):
                 close()
+
+    def _stopped_before_training(self, ckpt: Checkpoint | None) -> TrainResult:
+        """A stop signal while the training data was being prepared: nothing was trained since `ckpt`
+        (or the start), so there is nothing to save; the same command starts that preparation again."""
+        name = signal.Signals(int(distmod.all_reduce_max(self.stop.signum, self.dist.device))).name
+        step = ckpt.step if ckpt is not None else 0
+        if self.dist.is_main:
+            kept = f"{ckpt.path} stays the run's checkpoint" if ckpt is not None else "nothing to save"
+            print(f"stopping on {name} while preparing the training data (the linear probe's feature pass): no "
+                  f"step trained since step {step}, {kept}", flush=True)
+        return TrainResult(self.run_dir, step, step, name, ckpt.path if ckpt is not None else None)
 
     def _write_run_files(self, plan: ResumePlan) -> None:
         """config.yaml is the run's first config and is never rewritten; a resume whose config differs
@@ -396,11 +411,9 @@ class _Trainer:
 
     def _evaluated(self, step: int) -> bool:
         """Whether events.jsonl records an evaluation at `step` (rank 0 reads it; every rank gets the answer)."""
-        found = None
-        if self.dist.is_main:
-            found = any(e.get("event") == "eval" and e.get("step") == step
-                        for e in read_jsonl(self.run_dir / EVENTS_FILE))
-        return bool(distmod.broadcast_object(found))
+        return distmod.computed_on_rank0(
+            lambda: any(e.get("event") == "eval" and e.get("step") == step
+                        for e in read_jsonl(self.run_dir / EVENTS_FILE)), f"reading {EVENTS_FILE}")
 
     def _evaluate_owed(self, engine, step: int, schedule: _Schedule, dtype: torch.dtype, log: MetricsLogger) -> int:
         """Evaluate the resumed `step` before training on when its evaluation was due but is not recorded

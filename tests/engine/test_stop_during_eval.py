@@ -94,3 +94,26 @@ def test_a_run_stopped_in_its_final_evaluation_owes_only_that_evaluation(attempt
     assert [e["step"] for e in every if e["event"] == "eval"] == [4, 6]  # each step evaluated exactly once
     metrics = json.loads((run_dir / "eval" / "step_00000006.json").read_text())
     assert metrics["videos"] == 8 and metrics["views_per_video"] == [2]
+
+
+FEATURE_WORKER = Path(__file__).parent / "helpers" / "feature_stop_worker.py"
+
+
+def test_a_stop_signal_during_the_linear_probes_feature_pass_ends_it_on_every_rank(tmp_path, tiny_shards,
+                                                                                  two_ranks_without_launcher):
+    """The feature pass encodes every training video before the first step (Kinetics-size: longer than
+    SLURM's warning). A stop there ends it at the next batch on every rank, exit 0, nothing to save."""
+    run_dir = tmp_path / "probe"
+    done = two_ranks_without_launcher([str(FEATURE_WORKER), str(tmp_path), str(run_dir),
+                                       str(tiny_shards["downstream_train"]), str(tiny_shards["downstream_val"])],
+                                      timeout=300)
+    assert [d.returncode for d in done] == [0, 0], [d.stderr[-3000:] for d in done]
+    outcomes = [json.loads((tmp_path / f"outcome_{rank}.json").read_text()) for rank in range(2)]
+    from ppma_scale.data.manifest import load_manifest
+    videos = load_manifest(tiny_shards["downstream_train"]).num_samples
+    for outcome in outcomes:
+        assert outcome["stopped_by"] == "SIGUSR1" and outcome["step"] == 0 and outcome["checkpoint"] is None
+        # its first batch (one video) only, rank 0 too (it was never signalled); the pass would be half the videos
+        assert outcome["encoded"] == outcome["views_per_video"] and videos // 2 > 1
+    assert "stopping on SIGUSR1 while preparing the training data" in done[0].stdout
+    assert not (run_dir / "checkpoints").exists() or not list((run_dir / "checkpoints").glob("step_*"))

@@ -69,6 +69,8 @@ def test_user_errors_stop_the_run_before_any_work(capsys, tmp_path, tiny_shards,
     err = launch_errors(capsys, tmp_path, "align_test.yaml", *data, "model.init=null", "train.micro_batch=3",
                         "augment.mixup=0.8")
     assert "must be even" in err
+    err = launch_errors(capsys, tmp_path, "linprobe_test.yaml", *data, "train.micro_batch=1")
+    assert "train.micro_batch=1: the linear probe's head normalises with BatchNorm" in err
 
 
 def test_val_classes_outside_the_training_label_space_stop_the_run_before_training(capsys, tmp_path, tiny_shards,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config, config_to_dict, save_config
+from ..config import Config, ConfigError, config_to_dict, save_config
 from . import dist as distmod
 from .agreement import StopAgreed, agreed
 from .checkpoint import LATEST, Checkpoint, CheckpointManager, capture_rng, restore_rng, set_aside
@@ -171,20 +171,29 @@ class _Trainer:
         batch). Otherwise the data continues over what no saved rank had consumed, with fresh RNG
         streams: rank 0 reads every saved rank's state and works that out once, every rank is given
         it (each reading all of them would be ranks x ranks file opens at start-up)."""
+        # The stream refuses states it cannot continue exactly (other datasets, seed, shuffle buffer,
+        # re-packed shards): the same verdict on every rank, told as a configuration error (one line).
         if ckpt.world_size == self.dist.world_size:  # the same answer on every rank: one saved layout
             mine = self.ckpts.load_rank_states(ckpt, [self.dist.rank])[0]
             if stream.resumes_alone(mine["stream"]):
-                stream.load_state_dict(mine["stream"])
+                try:
+                    stream.load_state_dict(mine["stream"])
+                except ValueError as exc:
+                    raise ConfigError(f"resuming {ckpt.path}: {exc}") from exc
                 restore_rng(mine["rng"])
                 self.task.load_state_dict(mine.get("task", {}))
                 return
 
         def continued() -> dict:
             states = self.ckpts.load_rank_states(ckpt, range(ckpt.world_size))
-            return {"stream": stream.continued_state([s["stream"] for s in states]),
-                    "task": states[0].get("task", {})}
+            try:
+                return {"stream": stream.continued_state([s["stream"] for s in states]),
+                        "task": states[0].get("task", {})}
+            except ValueError as exc:
+                raise ConfigError(f"resuming {ckpt.path}: {exc}") from exc
 
-        state = distmod.computed_on_rank0(continued, f"reading the data states saved in {ckpt.path}")
+        state = distmod.computed_on_rank0(continued, f"reading the data states saved in {ckpt.path}",
+                                          expected=(ConfigError,), raise_as=ConfigError)
         stream.load_state_dict(state["stream"])
         self.task.load_state_dict(state["task"])
 

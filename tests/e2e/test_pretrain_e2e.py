@@ -357,3 +357,19 @@ def test_a_resume_on_another_data_layout_is_worked_out_by_rank_0_alone(tmp_path,
     states = [torch.load(run_dir / "checkpoints" / latest_tag(run_dir) / f"rank_{r:05d}.pt", weights_only=True)
               for r in range(2)]
     assert [s["stream"]["workers"] for s in states] == [2, 2] and [s["stream"]["rank"] for s in states] == [0, 1]
+
+
+def test_a_data_state_the_stream_cannot_continue_is_one_line_on_every_rank(tmp_path, nohuman, reference,
+                                                                           two_ranks_without_launcher):
+    """--allow-config-change lets another run.seed through the config check, but the data cursor was
+    saved for the old seed's order: every rank refuses with one line (exit 2), not a traceback."""
+    import shutil
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    done = two_ranks_without_launcher([str(SCRIPT), *common_args(run_dir, nohuman, "run.seed=7", "train.max_steps=10"),
+                                       "--allow-config-change"])
+    for rank, finished in enumerate(done):
+        assert finished.returncode == 2, (rank, finished.stderr[-3000:])
+        assert "the data state was saved with seed" in finished.stderr and "Traceback" not in finished.stderr, \
+            finished.stderr[-3000:]
+    assert losses(run_dir) == losses(reference)  # nothing trained, nothing logged

@@ -8,7 +8,6 @@ weights from the checkpoint -> data stream -> its state -> loop -> final checkpo
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -20,16 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config, ConfigError, config_to_dict, save_config
+from ..config import Config, ConfigError, config_to_dict
 from . import dist as distmod
 from .agreement import StopAgreed, agreed
-from .checkpoint import LATEST, Checkpoint, CheckpointManager, capture_rng, restore_rng, set_aside
+from .checkpoint import Checkpoint, CheckpointManager, capture_rng, restore_rng
 from .data_args import skipped_samples
 from .lr_schedule import WarmupCosine, apply_lr, peak_lr
 from .metrics import EVENTS_FILE, LossWindow, MetricsLogger, ThroughputWindow, peak_memory_gb, read_jsonl
 from .optimizer import build_optimizer, deepspeed_skips_nonfinite, optimizer_step_suppressed, plain_gradients_finite
 from .preflight import checked_resume_plan, ds_config_for, validate  # noqa: F401 - validate: this module's API too
 from .resume_guard import ResumePlan, past_end_message
+from .run_files import report_resume, write_run_files
 from .run_dir_check import check_shared_run_dir
 from .signals import StopRequest
 from .tasks import StepContext, Task, build_task
@@ -136,8 +136,6 @@ class _Trainer:
         self.dist = distmod.init_distributed(cfg.train.dist_timeout_s)
         check_shared_run_dir(run_dir, self.dist)  # node-local --output would fail only at the first resume
         self.ckpts = CheckpointManager(run_dir / "checkpoints", self.dist, cfg.train.keep_last)
-        self._set_aside: list[tuple[Path, str | None]] = []  # (new path, why damaged / None) of tags moved aside
-        self._config_written: Path | None = None  # config.resume-*.yaml written for a changed resume (rank 0)
 
     # ---- set-up -------------------------------------------------------------------------------
     def _build_engine(self, ckpt: Checkpoint | None):
@@ -225,13 +223,12 @@ class _Trainer:
                        f"train.epochs={cfg.train.epochs} = {schedule.total} steps")
                 raise ValueError(past_end_message(ckpt, schedule.total, how))
             self._restore(ckpt, stream)
-        if dist.is_main:
-            self._write_run_files(plan)
+        written = write_run_files(cfg, self.run_dir, plan, self.ds_config, self.ckpts.root) if dist.is_main else None
         distmod.barrier()
         log = MetricsLogger(self.run_dir, dist.is_main, schedule.total, cfg.train.tensorboard)
         log.keep_until(start)
         if ckpt is not None:
-            self._report_resume(plan, log)
+            report_resume(plan, written, self.run_dir, dist.world_size, log)
         if start == schedule.total:
             log.event("start", f"{self.run_dir} is already complete at step {start} (the run's length: "
                       f"{schedule.total} steps); nothing to train. Raise train.max_steps to train on",
@@ -260,48 +257,6 @@ class _Trainer:
             print(f"stopping on {name} while preparing the training data (the linear probe's feature pass): no "
                   f"step trained since step {step}, {kept}", flush=True)
         return TrainResult(self.run_dir, step, step, name, ckpt.path if ckpt is not None else None)
-
-    def _write_run_files(self, plan: ResumePlan) -> None:
-        """config.yaml is the run's first config and is never rewritten; a resume whose config differs
-        writes its own beside it. Newer tags that must not be resumed are renamed aside, never deleted."""
-        ckpt, run_dir = plan.checkpoint, self.run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        first = run_dir / "config.yaml"
-        if ckpt is None and first.exists() and _differs(first, self.cfg):  # an earlier attempt saved no checkpoint
-            kept = _free_name(run_dir / "config.after-step_0.yaml")
-            first.rename(kept)
-            print(f"{run_dir} holds no checkpoint: starting afresh; the earlier attempt's config.yaml is now "
-                  f"{kept.name}", flush=True)
-        if ckpt is None or not first.exists():
-            save_config(self.cfg, first)
-        elif plan.changes:
-            self._config_written = run_dir / f"config.resume-{ckpt.tag}.yaml"
-            save_config(self.cfg, self._config_written)
-        (run_dir / "ds_config.json").write_text(json.dumps(self.ds_config, indent=1))  # what DeepSpeed got
-        moved = [(set_aside(path, "damaged"), reason) for path, reason in plan.damaged if path.exists()]
-        moved += [(set_aside(path, f"after-{ckpt.tag}"), None) for path in plan.abandoned if path.exists()]
-        if moved and ckpt is not None and ckpt.root.resolve() == self.ckpts.root.resolve():
-            (ckpt.root / LATEST).write_text(ckpt.tag)  # `latest` named a tag just moved aside
-        self._set_aside = moved
-
-    def _report_resume(self, plan: ResumePlan, log: MetricsLogger) -> None:
-        ckpt = plan.checkpoint
-        for path, reason in self._set_aside:
-            if reason is not None:
-                log.event("damaged_checkpoint", f"WARNING: DAMAGED CHECKPOINT, moved aside to {path} (kept); "
-                          f"falling back to {ckpt.tag}. {reason}", path=str(path), reason=reason)
-            else:
-                log.event("checkpoint_set_aside", f"resuming an earlier step: the later checkpoint {path.name} "
-                          "was moved aside (kept, not deleted)", path=str(path))
-        if plan.changes:
-            listed = "; ".join(str(c) for c in plan.changes)
-            where = (f"written to {self._config_written.name}; config.yaml keeps the first" if self._config_written
-                     else "this run's config.yaml holds the new config")
-            log.event("config_change", f"config changed since {ckpt.tag}: {listed} ({where})",
-                      config_file=(self._config_written or self.run_dir / "config.yaml").name,
-                      changes=[{"key": c.key, "old": c.old, "new": c.new, "kind": c.kind} for c in plan.changes])
-        log.event("resume", f"resuming from {ckpt.path} at step {ckpt.step} (saved on {ckpt.world_size} ranks, "
-                  f"now {self.dist.world_size})", step=ckpt.step, checkpoint=str(ckpt.path))
 
     def _loop(self, engine, stream, schedule: _Schedule, log: MetricsLogger, start: int,
               resumed: Checkpoint | None) -> TrainResult:
@@ -363,7 +318,7 @@ class _Trainer:
             saved = (train.ckpt_every and step % train.ckpt_every == 0) or step == schedule.total or stop_signal
             if saved:  # before an evaluation: a job killed during it keeps this step
                 last_ckpt = self._save(engine, stream, step, schedule, log)
-            if task_has_eval(task) and schedule.eval_due(step, train.eval_every) and not stop_signal:
+            if task.evaluates() and schedule.eval_due(step, train.eval_every) and not stop_signal:
                 stop_signal = self._evaluate(engine, step, schedule, dtype, log)
                 if stop_signal and not logged:
                     log_step()
@@ -428,7 +383,7 @@ class _Trainer:
         """Evaluate the resumed `step` before training on when its evaluation was due but is not recorded
         (a stop at that step skips it, a stop during it abandons it, a kill loses it). Returns the stop
         signal received meanwhile, or 0."""
-        if not (step and task_has_eval(self.task) and schedule.eval_due(step, self.cfg.train.eval_every)
+        if not (step and self.task.evaluates() and schedule.eval_due(step, self.cfg.train.eval_every)
                 and not self._evaluated(step)):
             return 0
         log.event("eval_pending", f"step {step} was saved but not evaluated: evaluating it now", step=step)
@@ -453,24 +408,3 @@ class _Trainer:
             shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items())
             log.event("eval", f"eval at step {step}: {shown}", step=step, **results)
         return stop_signal
-
-
-def _differs(path: Path, cfg: Config) -> bool:
-    """Whether the config file at `path` resolves to another config than `cfg`."""
-    import yaml
-    try:
-        return yaml.safe_load(path.read_text()) != yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))
-    except yaml.YAMLError:
-        return True
-
-
-def _free_name(path: Path) -> Path:
-    """`path`, or `path` with .1, .2, ... before its suffix when taken: nothing earlier is replaced."""
-    candidate, k = path, 1
-    while candidate.exists():
-        candidate, k = path.with_name(f"{path.stem}.{k}{path.suffix}"), k + 1
-    return candidate
-
-
-def task_has_eval(task: Task) -> bool:
-    return task.evaluates()

@@ -96,6 +96,5 @@ def test_only_a_task_with_something_to_evaluate_is_owed_an_evaluation_on_resume(
     """The trainer evaluates a resumed step whose due evaluation is not recorded; a classification run
     without data.val records none, and must not log `eval_pending` at every resume for it."""
     from ppma_scale.engine.tasks import build_task
-    from ppma_scale.engine.trainer import task_has_eval
     cfg = build_config({"run": {"task": task}, "model": TINY, "data": {"num_frames": 4, "img_size": 32, "val": val}})
-    assert task_has_eval(build_task(cfg)) is owed
+    assert build_task(cfg).evaluates() is owed

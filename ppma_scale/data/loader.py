@@ -142,16 +142,16 @@ class TrainStream:
         if not states:
             raise ValueError("load_state_dict got an empty list of data states")
         ref = states[0]
-        self._check_compatible(states)
         old = Layout(ref["world_size"], ref["workers"], ref["batch"], ref["mix"])
-        if old != self.ctx.layout:
-            if ref.get("continued"):
-                now = self.ctx.layout
-                raise ValueError(f"this continued data state was made for {old.world_size} ranks x {old.workers} "
-                                 f"workers x batch {old.batch}, this stream is {now.world_size} x {now.workers} x "
-                                 f"{now.batch}")
-            self.load_state_dict(self.continued_state(states))
+        if old != self.ctx.layout and not ref.get("continued"):
+            self.load_state_dict(self.continued_state(states))  # which checks the saved states
             return
+        self._check_compatible(states)
+        if old != self.ctx.layout:
+            now = self.ctx.layout
+            raise ValueError(f"this continued data state was made for {old.world_size} ranks x {old.workers} "
+                             f"workers x batch {old.batch}, this stream is {now.world_size} x {now.workers} x "
+                             f"{now.batch}")
         plan, step = EpochPlan.from_state(ref["plan"]), int(ref["step"])
         if ref.get("continued"):  # fresh cursors over the continued epoch: the same for every rank
             self._plan, self._step = plan, step

@@ -164,16 +164,12 @@ def check_local_shards(manifest: Manifest, urls: Sequence[str], what: str, sourc
         from ..engine.dist import launched_world_size
         if launched_world_size() > 1:
             return  # checked by rank 0 when the stream is built, after init_process_group
-        error = _unusable_shards(manifest, urls, what, source, shown)
-    else:
-        from ..config import ConfigError
-        from ..engine.dist import computed_on_rank0
-        error = computed_on_rank0(lambda: _unusable_shards(manifest, urls, what, source, shown),
-                                  f"checking the shards of {source or manifest.location}")
-        if error is not None:
-            raise ConfigError(str(error))
+    from ..engine.dist import computed_on_rank0
+    error = computed_on_rank0(lambda: _unusable_shards(manifest, urls, what, source, shown),
+                              f"checking the shards of {source or manifest.location}")
     if error is not None:
-        raise error
+        from ..config import ConfigError
+        raise ConfigError(str(error)) if grouped else error
     _CHECKED.add(key)
 
 

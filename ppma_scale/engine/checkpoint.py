@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -41,6 +41,7 @@ LATEST = "latest"
 MARKER = "ppma_complete.json"
 UNIVERSAL = "universal"
 UNIVERSAL_BEAT_S = 30.0  # how often the ranks waiting for the conversion hear from rank 0
+_SUM_THREADS = 8  # files checksummed at once by a deep check (zlib releases the GIL)
 _TAG = re.compile(r"^step_(\d+)$")
 # Test hook: `STEP` or `STEP:RANK` makes that rank (every rank without `:RANK`) SIGKILL itself midway
 # through saving checkpoint STEP: after DeepSpeed wrote its files, before the checkpoint is complete.
@@ -65,6 +66,7 @@ class Checkpoint:
     step: int
     world_size: int
     zero_stage: int
+    checksums: dict[str, str] = field(default_factory=dict, compare=False, hash=False)  # file -> crc, from the marker
 
     @property
     def tag(self) -> str:
@@ -106,7 +108,7 @@ def read_checkpoint(tag_dir: Path) -> Checkpoint | None:
     if meta is None:
         return None
     return Checkpoint(path=Path(tag_dir), step=int(meta["step"]), world_size=int(meta["world_size"]),
-                      zero_stage=int(meta["zero_stage"]))
+                      zero_stage=int(meta["zero_stage"]), checksums=dict(meta.get("checksums") or {}))
 
 
 def _previous_hint(tag_dir: Path) -> str:
@@ -151,7 +153,7 @@ def file_checksum(path: Path, chunk_bytes: int = 16 << 20) -> str:
     return f"crc32:{crc:08x}"
 
 
-def _checksum_problems(tag_dir: Path, files: dict[str, Path], recorded: dict[str, str]) -> list[str]:
+def _checksum_problems(files: dict[str, Path], recorded: dict[str, str]) -> list[str]:
     """The files whose bytes differ from the checksums recorded in the marker when they were saved."""
     from concurrent.futures import ThreadPoolExecutor
     named = [(name, want) for name, want in sorted(recorded.items()) if name in files]
@@ -167,8 +169,6 @@ def _checksum_or_error(path: Path) -> str:
     except OSError as exc:
         return f"unreadable ({exc.strerror or exc})"
 
-
-_SUM_THREADS = 8
 
 
 def checkpoint_problems(ckpt: Checkpoint, deep: bool = True) -> list[str]:
@@ -195,7 +195,7 @@ def checkpoint_problems(ckpt: Checkpoint, deep: bool = True) -> list[str]:
         if name.endswith(".pt") and (why := _zip_problem(files[name])):
             problems.append(f"{files[name]}: {why}")
     if deep and not problems:
-        problems = _checksum_problems(ckpt.path, files, (read_marker(ckpt.path) or {}).get("checksums") or {})
+        problems = _checksum_problems(files, ckpt.checksums)
     return problems
 
 

@@ -191,7 +191,7 @@ class ClassifyTask(Task):
         return bool(self.cfg.data.val)
 
     def evaluate(self, engine: nn.Module, ctx: StepContext) -> dict[str, float] | None:
-        if not self.cfg.data.val:
+        if not self.evaluates():
             return None
         was_training = engine.training
         engine.eval()
@@ -199,7 +199,7 @@ class ClassifyTask(Task):
         try:
             out = ctx.run_dir / "eval" / f"step_{ctx.step:08d}.json"
             metrics = evaluate_classifier(self.cfg, ctx.dist, partial(self._predict, engine, ctx), out,
-                                          self.label_space(), stop=ctx.stop)
+                                          self.label_space(), stop=self.stop)
         finally:
             engine.train(was_training)
         results = headline(metrics)

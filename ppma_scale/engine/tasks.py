@@ -55,7 +55,6 @@ class StepContext:
     dtype: torch.dtype  # the engine's compute dtype: inputs must be cast to it
     seed: int
     run_dir: Path
-    stop: StopRequest | None = None  # in an evaluation: pass it to `agreed` so a stop signal abandons the pass
 
     @property
     def device(self) -> torch.device:
@@ -75,7 +74,7 @@ class Task:
     # Set by the trainer when resuming: the checkpoint holds every trained weight, so model.init is
     # neither required to exist nor read.
     resume_from: Path | None = None
-    # Set by the trainer: a long pass the task makes before training (the linear probe's feature cache)
+    # Set by the trainer: a long pass the task makes (an evaluation, the linear probe's feature cache)
     # reads its batches through `agreed(..., stop=self.stop)`, so a stop signal ends it on every rank.
     stop: StopRequest | None = None
     train_layouts: list[str] | None = None  # data.train's shard layouts, once validate() has read the manifests
@@ -159,7 +158,7 @@ class Task:
 
     def evaluate(self, engine: nn.Module, ctx: StepContext) -> dict[str, float] | None:
         """Evaluate on every rank (collectives allowed); rank 0's returned numbers are logged. Read the
-        batches through `agreed(..., stop=ctx.stop)`: a stop signal then raises `StopAgreed` on every
+        batches through `agreed(..., stop=self.stop)`: a stop signal then raises `StopAgreed` on every
         rank at the same batch, and the trainer saves and stops instead of finishing the pass (write
         results only once the pass is complete)."""
         return None

@@ -392,9 +392,9 @@ class _Trainer:
     def _evaluate(self, engine, step: int, schedule: _Schedule, dtype: torch.dtype, log: MetricsLogger) -> int:
         """Evaluate `step`; returns the stop signal any rank received meanwhile (0: none), the same on every
         rank. A multi-view evaluation can outlast SLURM's warning before the time limit, so a stop abandons
-        it at the next batch the ranks agree on (`ctx.stop`): nothing of it is recorded, it is owed on resume."""
+        it at the next batch the ranks agree on (`Task.stop`): nothing of it is recorded, it is owed on resume."""
         ctx = StepContext(step=step, micro_step=0, epoch=schedule.epoch(step), dist=self.dist, dtype=dtype,
-                          seed=self.cfg.run.seed, run_dir=self.run_dir, stop=self.stop)
+                          seed=self.cfg.run.seed, run_dir=self.run_dir)
         try:
             results, interrupted = self.task.evaluate(engine, ctx), False
         except StopAgreed:

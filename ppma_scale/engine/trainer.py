@@ -67,11 +67,14 @@ class _Schedule:
     steps (the leftover batch opens the next step), so an `epochs` run reads exactly that many epochs.
     A resumed run continues its schedule where its data left off: an `epochs` run by data epochs
     (the checkpoint's `epoch`: on another number of ranks an epoch is another number of steps), a
-    `max_steps` run by steps. Step numbers always continue from the checkpoint's.
+    `max_steps` run by steps. Step numbers always continue from the checkpoint's. `epoch_before_start`
+    is the epoch the saving run was in one step before `start` (its marker's `epoch_before`): whether
+    `start` finished an epoch, and so owes an evaluation, is the saving run's verdict, which the step
+    length of another number of ranks could reverse.
     """
 
     def __init__(self, cfg: Config, batches_per_epoch: int, world_size: int, start: int = 0,
-                 start_epoch: float | None = None) -> None:
+                 start_epoch: float | None = None, epoch_before_start: float | None = None) -> None:
         train, optim = cfg.train, cfg.optim
         if batches_per_epoch < train.grad_accum:
             raise ValueError(f"an epoch has {batches_per_epoch} batches per rank, fewer than train.grad_accum="
@@ -79,6 +82,7 @@ class _Schedule:
         self.steps_per_epoch = batches_per_epoch / train.grad_accum
         self.start = start
         self.start_epoch = start / self.steps_per_epoch if start_epoch is None else float(start_epoch)
+        self.epoch_before_start = None if epoch_before_start is None else float(epoch_before_start)
         if train.max_steps is not None:
             length, self.offset = train.max_steps, 0
         else:
@@ -105,8 +109,10 @@ class _Schedule:
             return True
         if every_epochs <= 0:
             return False
-        done = lambda s: math.floor(self.epoch(s) / every_epochs + 1e-9)  # noqa: E731
-        return done(step) > done(step - 1)
+        done = lambda epoch: math.floor(epoch / every_epochs + 1e-9)  # noqa: E731
+        before = (self.epoch_before_start if step == self.start and self.epoch_before_start is not None
+                  else self.epoch(step - 1))
+        return done(self.epoch(step)) > done(before)
 
 
 def run(cfg: Config, run_dir: str | Path | None = None, resume: str = "auto", task: Task | None = None,
@@ -216,7 +222,8 @@ class _Trainer:
             return self._stopped_before_training(ckpt)
         self._data_layouts = getattr(stream, "shard_layouts", None)  # a stream whose cursor counts in shards
         start = ckpt.step if ckpt is not None else 0
-        schedule = _Schedule(cfg, stream.steps_per_epoch, dist.world_size, start, plan.meta.get("epoch"))
+        schedule = _Schedule(cfg, stream.steps_per_epoch, dist.world_size, start, plan.meta.get("epoch"),
+                             plan.meta.get("epoch_before"))
         if ckpt is not None:
             if ckpt.step > schedule.total:
                 how = (f"train.max_steps={cfg.train.max_steps}" if cfg.train.max_steps is not None else
@@ -365,7 +372,8 @@ class _Trainer:
 
     def _save(self, engine, stream, step: int, schedule: _Schedule, log: MetricsLogger) -> Checkpoint:
         rank_state = {"stream": stream.state_dict(), "rng": capture_rng(), "task": self.task.state_dict()}
-        meta = {"epoch": schedule.epoch(step), "total_steps": schedule.total, "task": self.cfg.run.task,
+        meta = {"epoch": schedule.epoch(step), "epoch_before": schedule.epoch(step - 1),  # see _Schedule
+                "total_steps": schedule.total, "task": self.cfg.run.task,
                 "config": config_to_dict(self.cfg),  # what a resume compares its config with
                 "data_layouts": self._data_layouts,  # which shards the data cursor counts in
                 **self.task.checkpoint_record()}

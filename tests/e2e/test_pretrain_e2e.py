@@ -138,6 +138,9 @@ def test_reference_run_writes_a_complete_run_directory(reference, nohuman):
     assert latest_tag(reference) == "step_00000008"
     marker = json.loads((reference / "checkpoints" / "step_00000008" / "ppma_complete.json").read_text())
     assert marker["world_size"] == 2 and marker["zero_stage"] == 2 and marker["step"] == 8
+    # the epoch of step 7 too: whether step 8 finished an epoch stays this run's verdict on other ranks
+    steps_per_epoch = 1 / (marker["epoch"] - marker["epoch_before"])
+    assert marker["epoch"] == pytest.approx(8 / steps_per_epoch) and steps_per_epoch > 1
     from ppma_scale.data.shards import open_sources
     assert marker["data_layouts"] == [d.layout for d in open_sources([nohuman])[0]]  # what a resume checks its shards against
     from ppma_scale.engine.checkpoint import file_checksum

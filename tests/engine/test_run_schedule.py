@@ -41,6 +41,22 @@ def test_a_resume_on_fewer_ranks_continues_an_epochs_run_by_data_epochs():
     assert resumed.eval_due(150, 1) and not resumed.eval_due(100, 1)
 
 
+def test_a_resume_on_other_ranks_owes_the_evaluation_the_saving_run_was_due():
+    """The saving run's steps were 2.5 batches-per-step epochs: step 3 took it from epoch 0.8 to 1.2, so
+    its evaluation was due. Resumed on a quarter of the ranks (10 steps per epoch), the step before 3
+    would seem to lie in epoch 1.1: without the saved `epoch_before` that owed evaluation is missed."""
+    cfg = config(epochs=3, grad_accum=2)
+    saving = _Schedule(cfg, batches_per_epoch=5, world_size=4)
+    assert saving.eval_due(3, 1) and saving.epoch(3) == pytest.approx(1.2)
+    resumed = _Schedule(cfg, batches_per_epoch=20, world_size=1, start=3, start_epoch=saving.epoch(3),
+                        epoch_before_start=saving.epoch(2))
+    assert resumed.eval_due(3, 1)
+    assert not resumed.eval_due(3, 2)  # another train.eval_every on resume still decides
+    assert [s for s in range(4, 22) if resumed.eval_due(s, 1)] == [11, 21]  # then epochs 2 and 3 as counted now
+    unknown = _Schedule(cfg, batches_per_epoch=20, world_size=1, start=3, start_epoch=saving.epoch(3))
+    assert not unknown.eval_due(3, 1)  # a marker without it (older runs) falls back on the new step length
+
+
 def test_a_resume_on_other_ranks_keeps_a_max_steps_run_in_steps():
     cfg = config(max_steps=300)
     resumed = _Schedule(cfg, batches_per_epoch=100, world_size=1, start=50, start_epoch=1.0)

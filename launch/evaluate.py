@@ -5,6 +5,9 @@ top-1, top-5, mean per-class accuracy and the confusion matrix, as JSON in RUN_D
     python launch/evaluate.py RUN_DIR [data.val=/data/ucf101/test/manifest.json] [data.test_clips=5 ...]
     deepspeed --num_gpus 8 launch/evaluate.py RUN_DIR --checkpoint RUN_DIR/checkpoints/step_00001000
 
+A stop signal (SIGTERM, SIGUSR1, a first Ctrl-C) ends every rank at the next batch, writes nothing and
+exits with 128 + the signal's number (143 for SIGTERM); the same command then tests from the start.
+
 The resolved config that trained the checkpoint being tested is used (its marker's copy, else the
 run's config file in force when it was saved: config.yaml or a later config.resume-*.yaml), unless
 --config names another.
@@ -47,7 +50,7 @@ def main(argv: list[str]) -> int:
     from ppma_scale.config import ConfigError, load_config
     from ppma_scale.cli import EXIT_PEER_FAILED
     from ppma_scale.engine.agreement import PeerFailure
-    from ppma_scale.engine.classify import evaluate_checkpoint
+    from ppma_scale.engine.classify import EvaluationStopped, evaluate_checkpoint
     try:
         source = args.checkpoint or args.run_dir
         if args.config:
@@ -58,6 +61,9 @@ def main(argv: list[str]) -> int:
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"launch/evaluate.py: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except EvaluationStopped as exc:  # 128 + signal: the status of a command a signal ended, as shells report it
+        print(f"launch/evaluate.py: {exc}", file=sys.stderr, flush=True)
+        return 128 + exc.signum
     except PeerFailure as exc:  # another rank's data failed; its log has the traceback
         print(f"launch/evaluate.py: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_PEER_FAILED

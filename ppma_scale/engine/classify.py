@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from functools import partial
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError
-from .agreement import agreed
+from .agreement import StopAgreed, agreed
 from .dist import DistInfo
 from .evaluate import headline, run_evaluation, score_eval_batches
 from .param_groups import build_param_groups, no_weight_decay_names
@@ -366,6 +367,15 @@ class LinearProbeTask(ClassifyTask):
         return F.cross_entropy(logits, labels, label_smoothing=self.smoothing), {}
 
 
+class EvaluationStopped(Exception):
+    """A stop signal ended a standalone evaluation before its end, on every rank at the same batch:
+    nothing was written, and the same command tests the checkpoint again from its first video."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None = None,
                         overwrite: bool = False) -> dict:
     """Multi-view test of a classification run's checkpoint on data.val, on every rank of the job.
@@ -374,9 +384,10 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None
     folder. The model is rebuilt from `cfg` (a blended trunk re-reads its sources, which checkpoints
     do not duplicate) and loaded strictly. Rank 0 writes the metrics JSON (default:
     RUN_DIR/eval/test_<tag>.json), which records the checkpoint, data and views it scored, and which
-    replaces an earlier file only with `overwrite`; every rank returns them.
+    replaces an earlier file only with `overwrite`; every rank returns them. A stop signal (SLURM's
+    SIGTERM / SIGUSR1, a first Ctrl-C) on any rank ends every rank at the next batch they agree on,
+    with `EvaluationStopped` and no file: a test of a large set can outlast a job's time limit.
     """
-    from . import dist as distmod
     from .checkpoint import find_checkpoint, read_marker
     from .tasks import build_task
     if cfg.run.task not in ("classify", "linprobe"):
@@ -397,6 +408,17 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None
         print(f"WARNING: {ckpt.path} records no class names (saved before they were recorded): its logits are "
               "read in the order of this config's label space, which must be the run's own", file=sys.stderr,
               flush=True)
+    stop = StopRequest(first_ctrl_c="stopping the evaluation at the next batch, writing nothing; press Ctrl-C "
+                                    "again to abort at once")
+    try:
+        return _evaluate_loaded(cfg, task, ckpt, out, stop)
+    finally:
+        stop.close()
+
+
+def _evaluate_loaded(cfg, task: ClassifyTask, ckpt, out: Path, stop: StopRequest) -> dict:
+    """`evaluate_checkpoint` from the distributed start-up on, with `stop` installed."""
+    from . import dist as distmod
     dist = distmod.init_distributed(cfg.train.dist_timeout_s)
     try:
         model = task.build_model(dist)
@@ -418,7 +440,13 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None
         record = {"checkpoint": str(ckpt.path), "step": ckpt.step,
                   "data_val": [str(getattr(spec, "manifest", spec)) for spec in cfg.data.val],
                   "test_clips": cfg.data.test_clips, "test_crops": cfg.data.test_crops}
-        metrics = evaluate_classifier(cfg, dist, predict, out, task.label_space(), record)
+        try:
+            metrics = evaluate_classifier(cfg, dist, predict, out, task.label_space(), record, stop=stop)
+        except StopAgreed:
+            signum = int(distmod.all_reduce_max(stop.signum, dist.device))
+            raise EvaluationStopped(signum, f"stopped on {signal.Signals(signum).name} before the end of the "
+                                    f"evaluation: {out} was not written; the same command tests {ckpt.path} "
+                                    "again") from None
         if dist.is_main:
             print(f"[evaluate] {ckpt.path}: " + " ".join(f"{k} {v:.2f}" for k, v in headline(metrics).items())
                   + f" over {metrics['videos']} videos x {metrics['views_per_video']} views -> {out}", flush=True)

@@ -21,8 +21,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 class StopRequest:
     """Remembers the first stop signal received; restores the previous handlers on `close()`."""
 
-    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> None:
+    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
+                 first_ctrl_c: str = "stopping after this step and saving a checkpoint; press Ctrl-C again to "
+                                     "abort without saving") -> None:
         self.signum = 0  # 0 until a stop signal arrives
+        self._first_ctrl_c = first_ctrl_c  # what a first Ctrl-C will do, told to the user
         self._interrupted = False  # a first Ctrl-C was pressed
         self._previous: dict[int, object] = {}
         if threading.current_thread() is not threading.main_thread():
@@ -35,8 +38,7 @@ class StopRequest:
             if self._interrupted:
                 raise KeyboardInterrupt  # the second Ctrl-C: stop now, without saving
             self._interrupted = True
-            print("Ctrl-C: stopping after this step and saving a checkpoint; press Ctrl-C again to abort "
-                  "without saving", file=sys.stderr, flush=True)
+            print(f"Ctrl-C: {self._first_ctrl_c}", file=sys.stderr, flush=True)
         if not self.signum:
             self.signum = int(signum)
 

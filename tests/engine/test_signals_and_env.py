@@ -18,15 +18,25 @@ def test_stop_request_records_the_signal_and_restores_handlers(sig):
     assert signal.getsignal(sig) == before
 
 
-def test_a_first_ctrl_c_requests_a_stop_and_a_second_aborts():
+def test_a_first_ctrl_c_requests_a_stop_and_a_second_aborts(capsys):
     before = signal.getsignal(signal.SIGINT)
     stop = StopRequest()
     os.kill(os.getpid(), signal.SIGINT)
     assert stop.requested and stop.signal_name == "SIGINT"
+    assert "Ctrl-C: stopping after this step and saving a checkpoint" in capsys.readouterr().err
     with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
     stop.close()
     assert signal.getsignal(signal.SIGINT) == before
+
+
+def test_a_first_ctrl_c_says_what_this_stop_will_do(capsys):
+    stop = StopRequest(first_ctrl_c="stopping the evaluation at the next batch")
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.close()
+    assert stop.requested and capsys.readouterr().err == "Ctrl-C: stopping the evaluation at the next batch\n"
 
 
 def test_launch_env_plain_process_is_a_world_of_one():

@@ -165,6 +165,31 @@ def test_evaluate_launcher_reproduces_the_runs_own_test(linprobe, tiny_shards):
     assert standalone["mean_class_acc"] == pytest.approx(in_training["mean_class_acc"])
 
 
+def test_a_stop_signal_ends_a_standalone_evaluation_on_every_rank_and_writes_nothing(linprobe, tmp_path,
+                                                                                      two_ranks_without_launcher):
+    """SLURM's warning before a time limit (or scancel) reaching one rank of a long test: every rank ends
+    at the next batch, no metrics file, and the status a signal-ended command has (143 for SIGTERM), not
+    a kill in the middle of a collective. The same command then tests the checkpoint from the start."""
+    run_dir, _ = linprobe
+    out, counts = tmp_path / "test.json", tmp_path / "views"
+    helper = str(Path(__file__).parent / "helpers" / "signalled_evaluate.py")
+    stopped = two_ranks_without_launcher([helper, str(counts), "1", str(run_dir), "--out", str(out)])
+    assert [d.returncode for d in stopped] == [143, 143], [d.stderr[-3000:] for d in stopped]
+    for done in stopped:
+        assert (f"launch/evaluate.py: stopped on SIGTERM before the end of the evaluation: {out} was not written; "
+                f"the same command tests {run_dir / 'checkpoints' / 'step_00000006'} again") in done.stderr
+        assert "Traceback" not in done.stderr
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+    first = [json.loads(counts.with_name(f"views_{rank}.json").read_text()) for rank in range(2)]
+    assert first[0] == first[1] > 0  # rank 0 learned of rank 1's signal at the next fetch: one batch each
+
+    again = two_ranks_without_launcher([helper, str(counts), "-1", str(run_dir), "--out", str(out)])
+    assert [d.returncode for d in again] == [0, 0], [d.stderr[-3000:] for d in again]
+    metrics = json.loads(out.read_text())
+    full = [json.loads(counts.with_name(f"views_{rank}.json").read_text()) for rank in range(2)]
+    assert sum(full) >= metrics["videos"] * metrics["views_per_video"][0] > sum(first)
+
+
 def test_evaluating_a_classification_run_says_where_its_weights_come_from(align, tmp_path):
     run_dir, _ = align
     done = run_python(str(REPO / "launch" / "evaluate.py"), str(run_dir), "--out", str(tmp_path / "test.json"))

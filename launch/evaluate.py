@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
     from ppma_scale.config import ConfigError, load_config
     from ppma_scale.cli import EXIT_PEER_FAILED
     from ppma_scale.engine.agreement import PeerFailure
-    from ppma_scale.engine.classify import EvaluationStopped, evaluate_checkpoint
+    from ppma_scale.engine.standalone_eval import EvaluationStopped, evaluate_checkpoint
     try:
         source = args.checkpoint or args.run_dir
         if args.config:

@@ -5,7 +5,6 @@ import argparse
 import bisect
 import json
 import os
-import sys
 import tarfile
 from itertools import accumulate
 from pathlib import Path

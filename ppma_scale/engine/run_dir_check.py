@@ -14,7 +14,6 @@ token yet looks again for up to `wait_s` seconds before it reports it missing.
 """
 from __future__ import annotations
 
-import os
 import secrets
 import socket
 import sys

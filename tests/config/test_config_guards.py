@@ -74,7 +74,7 @@ def test_a_section_written_twice_names_the_file_key_and_both_lines(tmp_path: Pat
 
 
 def test_a_nested_duplicate_key_and_one_in_a_base_file_are_refused(tmp_path: Path) -> None:
-    base = write(tmp_path / "base.yaml", "optim:\n  lr: 1e-3\n  weight_decay: 0.05\n  lr: 2e-3\n")
+    write(tmp_path / "base.yaml", "optim:\n  lr: 1e-3\n  weight_decay: 0.05\n  lr: 2e-3\n")
     leaf = write(tmp_path / "leaf.yaml", "base: base.yaml\n")
     with pytest.raises(ConfigError, match=r"base.yaml: key 'lr' is written twice \(lines 2 and 4\)"):
         load_config(leaf, [MANIFEST])

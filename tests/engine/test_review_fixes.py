@@ -83,11 +83,11 @@ def _launch_evaluate():
 
 
 def test_launch_evaluate_defaults_to_the_config_of_the_checkpoint_it_tests(runs, monkeypatch, tmp_path):
-    import ppma_scale.engine.classify as classify
+    import ppma_scale.engine.standalone_eval as standalone_eval
     out, _ = runs
     run_dir = out / "run"
     seen = []
-    monkeypatch.setattr(classify, "evaluate_checkpoint",
+    monkeypatch.setattr(standalone_eval, "evaluate_checkpoint",
                         lambda cfg, checkpoint, out_file, overwrite: seen.append((cfg, checkpoint)))
     launch = _launch_evaluate()
     assert launch.main([str(run_dir), "data.test_clips=3"]) == 0

@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO))
 counts, signalled, evaluate_args = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 rank = int(os.environ.get("RANK", "0"))
 
-import ppma_scale.engine.classify as classify  # noqa: E402
+import ppma_scale.engine.classify as classify  # noqa: E402 - evaluate_classifier scores through it
 
 score_eval_batches = classify.score_eval_batches
 views = []

@@ -27,6 +27,10 @@ class LaunchArgs:
     output: str | None
     resume: str
     allow_config_change: bool = False
+    dry_run: bool = False
+    world_size: int | None = None  # a dry run's job size (None: the launch's)
+    mfu: float = 0.3
+    peak_tflops: float = 989.0
 
 
 def parse_launch_args(argv: list[str], stage: str) -> LaunchArgs:
@@ -44,11 +48,28 @@ def parse_launch_args(argv: list[str], stage: str) -> LaunchArgs:
     parser.add_argument("--allow-config-change", action="store_true",
                         help="resume even though run-defining keys (optim.*, augment.*, micro_batch, ...) changed "
                              "since the checkpoint; the changes are logged and the first config.yaml is kept")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check everything a launch checks before start-up and print the plan (resume point, "
+                             "model, data, batch, steps, compute, memory of the model states), then exit: no "
+                             "process group, nothing written. Run it with plain python, e.g. on a login node")
+    parser.add_argument("--world-size", type=int, default=None,
+                        help="with --dry-run: the number of ranks (GPUs) to plan for (default: this launch's)")
+    parser.add_argument("--mfu", type=float, default=0.3,
+                        help="with --dry-run: model FLOPs utilisation assumed for the GPU-hours (default 0.3)")
+    parser.add_argument("--peak-tflops", type=float, default=989.0,
+                        help="with --dry-run: per-GPU peak TFLOP/s for the GPU-hours (default 989, H100 SXM bf16)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)
+    if not args.dry_run and args.world_size is not None:
+        parser.error("--world-size plans a --dry-run; a launch's ranks come from its launcher")
+    if args.world_size is not None and args.world_size < 1:
+        parser.error(f"--world-size must be >= 1, got {args.world_size}")
+    if not 0 < args.mfu <= 1 or args.peak_tflops <= 0:
+        parser.error(f"--mfu must be in (0, 1] and --peak-tflops positive, got {args.mfu} and {args.peak_tflops}")
     return LaunchArgs(config=args.config, overrides=list(args.overrides), output=args.output, resume=args.resume,
-                      allow_config_change=args.allow_config_change)
+                      allow_config_change=args.allow_config_change, dry_run=args.dry_run, world_size=args.world_size,
+                      mfu=args.mfu, peak_tflops=args.peak_tflops)
 
 
 def _fail(stage: str, message: str, code: int) -> int:
@@ -90,7 +111,13 @@ def launch(argv: list[str], *, stage: str, tasks: tuple[str, ...]) -> int:
         from .engine.tasks import build_task
         from .engine.preflight import validate
         task = build_task(cfg)
-        plan = validate(cfg, task, args.output or cfg.run.output, args.resume, args.allow_config_change)
+        if args.dry_run:
+            from .engine.dist import launched_world_size
+            task.planned_world_size = args.world_size or launched_world_size()
+        plan = validate(cfg, task, args.output or cfg.run.output, args.resume, args.allow_config_change,
+                        deep=True if args.dry_run else None)
+        if args.dry_run:
+            return _dry_run(stage, args, cfg, task, plan)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         return _fail(stage, str(exc), EXIT_CONFIG_ERROR)
     from .engine.agreement import PeerFailure
@@ -106,6 +133,16 @@ def launch(argv: list[str], *, stage: str, tasks: tuple[str, ...]) -> int:
         return _fail(stage, str(exc), EXIT_CONFIG_ERROR)
     finally:
         shutdown()  # `run` leaves the process group up, so one process can run several stages
+    return 0
+
+
+def _dry_run(stage: str, args: LaunchArgs, cfg: Config, task, plan) -> int:
+    """Print the plan of a validated launch (engine.dry_run); nothing is started or written."""
+    from .engine.dry_run import describe_run
+    world = task.planned_world_size
+    lines = describe_run(cfg, task, plan, world, mfu=args.mfu, peak_tflops=args.peak_tflops)
+    print(f"launch/{stage}.py --dry-run: {args.config} on {world} rank(s): every check passed; nothing was started "
+          "or written", *lines, sep="\n", flush=True)
     return 0
 
 

@@ -93,6 +93,7 @@ class ClassifyTask(Task):
                                               require_labels=True)
             self.train_videos = sum(sum(s.counts) for s in sets)
             self.train_layouts = [s.layout for s in sets]
+            self.train_samples = [s.num_samples for s in sets]
             wanted = self.cfg.model.num_classes
             if wanted is not None and wanted != len(self.classes):
                 raise ValueError(f"model.num_classes is {wanted} but the training data's label space has "
@@ -109,8 +110,15 @@ class ClassifyTask(Task):
         check_same_classes(meta["classes"], self.label_space(), where)
         return True
 
+    def architecture(self) -> nn.Module:
+        """The classifier over one fresh trunk (a `model.average` blend holds several such trunks' weights)."""
+        from ..models import build_classifier
+        cfg = self.cfg
+        return build_classifier(cfg.model, cfg.data.num_frames, cfg.data.img_size, len(self.label_space()),
+                                head=self.head)
+
     def build_model(self, dist: DistInfo) -> nn.Module:
-        from ..models import VideoClassifier, build_classifier, build_encoder
+        from ..models import VideoClassifier, build_encoder
         cfg = self.cfg
         num_classes = len(self.label_space())
         frames, size = cfg.data.num_frames, cfg.data.img_size
@@ -136,7 +144,7 @@ class ClassifyTask(Task):
             model = VideoClassifier(trunk, num_classes, head=self.head, dropout=cfg.model.head_dropout,
                                     freeze_encoder=False)
         else:
-            model = build_classifier(cfg.model, frames, size, num_classes, head=self.head)
+            model = self.architecture()
             if self.resume_from is not None:
                 _say(dist, f"every weight comes from the checkpoint {self.resume_from}"
                      + (f"; model.init ({cfg.model.init}) is not read" if cfg.model.init else ""))
@@ -342,6 +350,13 @@ class LinearProbeTask(ClassifyTask):
 
     def flops_per_clip(self, model: nn.Module) -> float | None:
         return None if self.caches_features() else super().flops_per_clip(model)
+
+    def batches_per_epoch(self, world_size: int) -> int | None:
+        """With cached features: every video once per epoch (FeatureStream), whatever train.steps_per_epoch;
+        an upper bound, as videos that fail to decode in the feature pass are left out."""
+        if not self.caches_features() or self.train_samples is None:
+            return super().batches_per_epoch(world_size)
+        return sum(self.train_samples) // (world_size * self.cfg.train.micro_batch)
 
     def clips_in(self, batch: dict[str, Any]) -> int:
         return int(batch["features"].shape[0] if "features" in batch else batch["video"].shape[0])

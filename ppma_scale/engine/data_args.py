@@ -21,6 +21,15 @@ def train_stream_args(cfg: Config, dist: DistInfo, require_labels: bool) -> dict
         max_decode_failures=data.max_decode_failures)
 
 
+def stream_batches_per_epoch(cfg: Config, samples: list[int], world_size: int) -> int:
+    """Batches per rank per epoch of the training stream on `world_size` ranks (train.steps_per_epoch,
+    else every sample of every dataset once: ppma_scale.data.schedule.default_steps)."""
+    from ..data.schedule import Layout, default_steps
+    if cfg.train.steps_per_epoch is not None:
+        return cfg.train.steps_per_epoch
+    return default_steps(samples, Layout(world_size, max(1, cfg.data.num_workers), cfg.train.micro_batch, cfg.data.mix))
+
+
 def build_stream_from_config(cfg: Config, dist: DistInfo, require_labels: bool = False):
     """This rank's training stream as the config describes it."""
     from ..data.loader import build_train_stream

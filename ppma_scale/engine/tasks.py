@@ -78,6 +78,9 @@ class Task:
     # reads its batches through `agreed(..., stop=self.stop)`, so a stop signal ends it on every rank.
     stop: StopRequest | None = None
     train_layouts: list[str] | None = None  # data.train's shard layouts, once validate() has read the manifests
+    train_samples: list[int] | None = None  # data.train's sample counts, likewise
+    # Set by a dry run (`--dry-run --world-size N` on a login node): the job size to check and plan for.
+    planned_world_size: int | None = None
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -96,11 +99,23 @@ class Task:
     def check_one_global_batch(self, samples: int, what: str = "training data") -> None:
         """Refuse, before any rank starts, data smaller than one global batch (ranks x micro_batch):
         the stream would refuse it only after the process group, the model and DeepSpeed are up."""
-        from .dist import launched_world_size
-        batch, world = self.cfg.train.micro_batch, launched_world_size()
+        batch, world = self.cfg.train.micro_batch, self.world_size()
         if samples < world * batch:
             raise ValueError(f"the {what} holds {samples} videos, fewer than one global batch ({world} rank(s) x "
                              f"train.micro_batch {batch}); add data or lower train.micro_batch")
+
+    def world_size(self) -> int:
+        """The number of ranks the checks before start-up plan for: the launch's, or a dry run's."""
+        from .dist import launched_world_size
+        return self.planned_world_size or launched_world_size()
+
+    def batches_per_epoch(self, world_size: int) -> int | None:
+        """Batches per rank per epoch on `world_size` ranks, as the training stream will count them
+        (after validate(); None for a task that read no manifests)."""
+        if self.train_samples is None:
+            return None
+        from .data_args import stream_batches_per_epoch
+        return stream_batches_per_epoch(self.cfg, self.train_samples, world_size)
 
     def _check_weight_files(self) -> None:
         """A model.init / model.average source that is missing, or a weights file that is not one,
@@ -111,6 +126,11 @@ class Task:
         named += [(f"model.average[{i}]", path) for i, path in enumerate(model.average)]
         for key, path in named:
             check_source(key, path)
+
+    def architecture(self) -> nn.Module:
+        """The model's modules with fresh weights and nothing read from disk (`build_model` then adds what
+        model.init names); on the meta device it costs no memory (a dry run counts its parameters)."""
+        raise NotImplementedError
 
     def build_model(self, dist: DistInfo) -> nn.Module:
         raise NotImplementedError
@@ -239,14 +259,19 @@ class MAETask(Task):
         data = self.cfg.data  # manifests parse, classes resolve (and one process checks its local shards here)
         sets, _ = open_sources(data.train, allow_pipe=data.allow_pipe, classes=data.classes)
         self.train_layouts = [s.layout for s in sets]
-        self.check_one_global_batch(sum(s.num_samples for s in sets))
+        self.train_samples = [s.num_samples for s in sets]
+        self.check_one_global_batch(sum(self.train_samples))
+
+    def architecture(self) -> nn.Module:
+        from ..models import build_mae
+        cfg = self.cfg
+        return build_mae(cfg.model, cfg.mae, cfg.data.num_frames, cfg.data.img_size)
 
     def build_model(self, dist: DistInfo) -> nn.Module:
         """The MAE; with model.init, its encoder starts from that trunk (e.g. to continue MAE from
         VideoMAE / PPMA weights). The decoder always starts fresh: resume a run to keep one."""
-        from ..models import build_mae
         cfg = self.cfg
-        model = build_mae(cfg.model, cfg.mae, cfg.data.num_frames, cfg.data.img_size)
+        model = self.architecture()
         if cfg.model.init and self.resume_from is None:
             from .pretrained import init_trunk
             try:

@@ -245,7 +245,8 @@ class _Trainer:
                       f"batch {schedule.global_batch} videos x {cfg.data.repeat_aug} views, peak lr "
                       f"{schedule.peak_lr:.3g}) on {dist.world_size} rank(s)"
                       + (f", from step {start}" if start else ""),
-                      step=start, total_steps=schedule.total, world_size=dist.world_size)
+                      step=start, total_steps=schedule.total, world_size=dist.world_size,
+                      steps_per_epoch=schedule.steps_per_epoch, global_batch=schedule.global_batch)
         try:
             return self._loop(engine, stream, schedule, log, start, ckpt)
         finally:

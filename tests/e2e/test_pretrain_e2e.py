@@ -151,6 +151,44 @@ def test_reference_run_writes_a_complete_run_directory(reference, nohuman):
     assert [e["event"] for e in read_jsonl(reference / "events.jsonl")][-1] == "end"
 
 
+def listing(root: Path) -> list[tuple[str, int, int]]:
+    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+def test_a_dry_run_plans_what_the_run_does_and_writes_nothing(reference, nohuman, tmp_path):
+    """`--dry-run --world-size N` (plain python, a login node): the checks of a launch, then the plan.
+    Its steps per epoch and run length are those the 2-rank reference run logged at its start; on its
+    run directory it names the resume point and leaves every file as it was."""
+    import re
+    start = [e for e in read_jsonl(reference / "events.jsonl") if e["event"] == "start"][0]
+    logged_per_epoch = round(start["steps_per_epoch"], 4)
+    new = tmp_path / "new"
+    fresh = run(plain_cmd(*common_args(new, nohuman), "--dry-run", "--world-size", "2"))
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "every check passed; nothing was started or written" in fresh.stdout
+    assert f"resume:   none: a new run in {new}" in fresh.stdout
+    planned = float(re.search(r"schedule: ([\d.,]+) steps per epoch", fresh.stdout).group(1).replace(",", ""))
+    assert planned == pytest.approx(logged_per_epoch) and f"= {start['total_steps']} steps" in fresh.stdout
+    assert "2 rank(s) x train.micro_batch 2 x train.grad_accum 1 = 4 videos per step" in fresh.stdout
+    assert re.search(r"compute: +[\d.e+-]+ TFLOP per clip", fresh.stdout) and "GPU-hours" in fresh.stdout
+    assert not new.exists()
+
+    before = listing(reference)
+    resumed = run(plain_cmd(*common_args(reference, nohuman, "train.max_steps=12"), "--dry-run", "--world-size", "4"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (f"resume:   from {reference / 'checkpoints' / 'step_00000008'} (step 8, saved on 2 ranks)"
+            in resumed.stdout)
+    assert "config change: train.max_steps: 8 -> 12" in resumed.stdout and "= 12 steps, 4 left" in resumed.stdout
+    assert listing(reference) == before  # the checkpoint files were opened (deep check), nothing written
+
+    too_many = run(plain_cmd(*common_args(new, nohuman), "--dry-run", "--world-size", "64"))
+    assert too_many.returncode == 2 and "fewer than one global batch (64 rank(s) x train.micro_batch 2)" in \
+        too_many.stderr, too_many.stderr[-3000:]
+    not_dry = run(plain_cmd(*common_args(new, nohuman), "--world-size", "4"))
+    assert not_dry.returncode == 2 and "--world-size plans a --dry-run" in not_dry.stderr
+    assert not new.exists()
+
+
 def test_resume_off_refuses_to_overwrite_a_run(reference, nohuman):
     before = (reference / "metrics.jsonl").read_text()
     done = run(plain_cmd(*common_args(reference, nohuman), "--resume", "off"))

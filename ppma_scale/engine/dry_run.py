@@ -1,0 +1,157 @@
+"""`--dry-run`: what a launch would train, on how many ranks, for how long, at what cost; nothing started.
+
+A job on a cluster waits in the queue for hours before its first line runs. The dry run makes every
+check a launch makes before start-up (config, manifests, weights named by model.init, the resume
+checkpoint's files and recipe; see preflight.validate) on a login node, for the job size given, and
+prints the plan: the resume point, the model's size, the data, the global batch, the schedule in
+steps, the compute in FLOPs and GPU-hours at an assumed MFU, and the per-GPU memory of the model
+states under the chosen ZeRO stage. It starts no process group and writes nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import Config
+from .resume_guard import ResumePlan
+from .tasks import Task
+
+H100_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM (models.flops.PEAK_BF16_TFLOPS)
+GIB = 1024 ** 3
+
+
+@dataclass(frozen=True)
+class ModelStateBytes:
+    """Bytes of weights, gradients and optimizer state per rank, on its GPU and in its host memory."""
+
+    device: float
+    host: float
+
+
+def model_state_bytes(params: int, trainable: int, precision: str, zero_stage: int, world_size: int,
+                      offload: str = "none", offload_params: bool = False) -> ModelStateBytes:
+    """The ZeRO paper's accounting of model states per rank. Mixed precision (bf16 / fp16): 2-byte
+    weights and gradients, and 12 bytes per trained parameter of fp32 master weights and Adam's two
+    moments; fp32: 4 + 4 + 8. ZeRO-1 partitions the optimizer state over the ranks, ZeRO-2 also the
+    gradients, ZeRO-3 also the weights. Offload moves the optimizer state (and with offload_params
+    the weights) to host memory. Activations and communication buckets are not included."""
+    low = 4 if precision == "fp32" else 2
+    weights, grads = low * params, low * trainable
+    optimizer = (8 if precision == "fp32" else 12) * trainable
+    if zero_stage >= 1:
+        optimizer /= world_size
+    if zero_stage >= 2:
+        grads /= world_size
+    if zero_stage >= 3:
+        weights /= world_size
+    device, host = weights + grads + optimizer, 0.0
+    if offload != "none":
+        device, host = device - optimizer, host + optimizer
+        if offload_params:
+            device, host = device - weights, host + weights
+    return ModelStateBytes(device, host)
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:,.0f}" if hours >= 100 else f"{hours:.3g}"
+
+
+def _ordinal(n: int) -> str:
+    return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:,.1f} M" if n >= 100_000 else f"{n:,}"
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 1024 ** 2:.1f} MiB"
+
+
+def _model_lines(cfg: Config, task: Task) -> tuple[list[str], int, int, float | None]:
+    """The model lines, and its parameter count, trained parameter count and FLOPs per clip."""
+    with torch.device("meta"):  # shapes only: a ViT-g costs no memory here
+        model = task.architecture()
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trunk = sum(p.numel() for p in model.encoder.parameters())
+    encoder = model.encoder
+    t, h, w = encoder.grid
+    shape = (f"{cfg.data.num_frames} frames x {cfg.data.img_size} px -> {t}x{h}x{w} = {t * h * w} tokens "
+             f"(tubelet {cfg.model.tubelet}x{encoder.size.patch_size}x{encoder.size.patch_size})")
+    if cfg.run.task == "mae":
+        from ..models.flops import mask_counts
+        visible, targets = mask_counts(tuple(encoder.grid), cfg.mae.mask_ratio, cfg.mae.decoder_mask_ratio,
+                                       cfg.mae.mask_type)
+        what = (f"MAE, ViT-{cfg.model.size.upper()} trunk {_millions(trunk)} + decoder {_millions(params - trunk)} "
+                f"parameters; {shape}, {visible} visible, {targets} reconstructed")
+    else:
+        blend = (f"; model.average blends {len(cfg.model.average)} such trunks (frozen), their weights learned"
+                 if cfg.model.average else "")
+        what = (f"{cfg.run.task}, ViT-{cfg.model.size.upper()} trunk {_millions(trunk)} + head "
+                f"{_millions(params - trunk)} parameters, {len(task.label_space())} classes; {shape}{blend}")
+    if cfg.model.average:
+        trainable = sum(p.numel() for p in model.head.parameters()) + len(cfg.model.average)
+    flops = task.flops_per_clip(model)
+    every = cfg.model.act_checkpoint_every
+    lines = [f"  model:    {what}", f"            {_millions(trainable)} trained"
+             + (f"; activation checkpointing on every {every}{_ordinal(every)} block" if every > 1 else
+                "; activation checkpointing on every block" if every else "")]
+    return lines, params, trainable, flops
+
+
+def describe_run(cfg: Config, task: Task, plan: ResumePlan, world_size: int, mfu: float = 0.3,
+                 peak_tflops: float = H100_BF16_TFLOPS) -> list[str]:
+    """The plan of a validated launch on `world_size` ranks, as lines to print (see the module doc)."""
+    from .trainer import _Schedule
+    train, data = cfg.train, cfg.data
+    ckpt = plan.checkpoint
+    lines = []
+    if ckpt is None:
+        lines.append(f"  resume:   none: a new run in {cfg.run.output}")
+    else:
+        lines.append(f"  resume:   from {ckpt.path} (step {ckpt.step}, saved on {ckpt.world_size} ranks)")
+        lines += [f"            would move aside the damaged {path.name}: {reason}" for path, reason in plan.damaged]
+        lines += [f"            would move aside the later {path.name}" for path in plan.abandoned]
+        lines += [f"            config change: {change}" for change in plan.changes]
+    model_lines, params, trainable, flops = _model_lines(cfg, task)
+    lines += model_lines
+    samples = task.train_samples or []
+    listed = ", ".join(f"{spec.name or spec.manifest} {n:,}" + (f" (weight {spec.weight:g})" if len(samples) > 1 else "")
+                       for spec, n in zip(data.train, samples))
+    lines.append(f"  data:     {sum(samples):,} training clips: {listed}")
+    batches = task.batches_per_epoch(world_size)
+    if not batches:
+        raise ValueError(f"the training data ({sum(samples)} clips) is smaller than one global batch on {world_size} "
+                         f"rank(s) x train.micro_batch {train.micro_batch}")
+    start = ckpt.step if ckpt is not None else 0
+    schedule = _Schedule(cfg, batches, world_size, start, plan.meta.get("epoch"), plan.meta.get("epoch_before"))
+    views = data.repeat_aug
+    lines.append(f"  batch:    {world_size} rank(s) x train.micro_batch {train.micro_batch} x train.grad_accum "
+                 f"{train.grad_accum} = {schedule.global_batch} videos per step"
+                 + (f" x {views} views (data.repeat_aug)" if views > 1 else ""))
+    length = (f"train.max_steps {train.max_steps}" if train.max_steps is not None else
+              f"{train.epochs:g} epochs")
+    lines.append(f"  schedule: {schedule.steps_per_epoch:,.4g} steps per epoch; {length} = {schedule.total:,} steps"
+                 + (f", {schedule.total - start:,} left" if start else "")
+                 + f"; peak lr {schedule.peak_lr:.3g}")
+    if getattr(task, "caches_features", lambda: False)():
+        lines.append(f"            first one pass of the frozen trunk over the {sum(samples):,} training videos x "
+                     f"{data.test_clips * data.test_crops} views (the feature cache)")
+    if flops:
+        clips = (schedule.total - start) * schedule.global_batch * views
+        total = clips * flops
+        hours = total / (mfu * peak_tflops * 1e12) / 3600
+        lines.append(f"  compute:  {flops / 1e12:.3g} TFLOP per clip (forward + backward) x {clips:,} clips = "
+                     f"{total:.3g} FLOP")
+        lines.append(f"            = {_hours(hours)} GPU-hours at {mfu:.0%} MFU of {peak_tflops:g} TFLOP/s (--mfu, "
+                     f"--peak-tflops: assumed, not measured), {_hours(hours / world_size)} h on {world_size} GPU(s)")
+    else:
+        lines.append("  compute:  not estimated (no FLOPs count for a blended trunk or a cached-feature head)")
+    states = model_state_bytes(params, trainable, train.precision, train.zero_stage, world_size, train.offload,
+                               train.offload_params)
+    host = f", {_gib(states.host)} in host memory (offload)" if states.host else ""
+    lines.append(f"  memory:   model states about {_gib(states.device)} per GPU{host} ({train.precision}, "
+                 f"ZeRO-{train.zero_stage} over {world_size} rank(s)); activations come on top")
+    return lines

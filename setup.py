@@ -14,7 +14,6 @@ setup(
         "webdataset>=0.2.90",
         "timm>=1.0",
         "einops>=0.7",
-        "accelerate>=0.30",
         "pyyaml>=6.0",
         "av>=12.0",
         "safetensors>=0.4",

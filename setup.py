@@ -36,6 +36,7 @@ setup(
             "ppma-synth=shards_tools.synth:main",
             "ppma-convert=ppma_scale.convert:main",
             "ppma-export=ppma_scale.export:main",
+            "ppma-summary=ppma_scale.summary:main",
         ]
     },
 )

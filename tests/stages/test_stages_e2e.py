@@ -161,6 +161,22 @@ def test_a_dry_run_of_the_linear_probe_plans_the_steps_its_cached_features_give(
     assert "compute:  not estimated" in done.stdout and not new.exists()
 
 
+def test_the_summary_of_real_stage_runs(align, linprobe):
+    """`python -m ppma_scale.summary` over the 2-rank align and probe runs: one row each, with the ranks,
+    global batch, steps and status the runs logged and the probe's own test result."""
+    done = run_python("-m", "ppma_scale.summary", str(align[0]), str(linprobe[0]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    header, *rows = done.stdout.splitlines()
+    assert header.split()[:8] == ["run", "task", "model", "ranks", "global_batch", "step", "total_steps", "epoch"]
+    assert [r.split()[:8] for r in rows] == [
+        [str(align[0]), "classify", "ViT-TINY", "4x32", "2", "8", "6", "6"],  # align_test.yaml: micro_batch 4
+        [str(linprobe[0]), "linprobe", "ViT-TINY", "4x32", "2", "8", "6", "6"]]
+    from ppma_scale.summary import summarize_run
+    probe = summarize_run(linprobe[0])
+    assert probe.status == "finished" and probe.clips_per_s > 0
+    assert probe.top1 == pytest.approx(only_eval(linprobe[0])["top1"], abs=1e-3)
+
+
 def test_evaluate_launcher_reproduces_the_runs_own_test(linprobe, tiny_shards):
     run_dir, _ = linprobe
     done = subprocess.run([sys.executable, str(REPO / "launch" / "evaluate.py"), str(run_dir)], capture_output=True,

@@ -23,34 +23,39 @@ GIB = 1024 ** 3
 
 @dataclass(frozen=True)
 class ModelStateBytes:
-    """Bytes of weights, gradients and optimizer state per rank, on its GPU and in its host memory."""
+    """Bytes of model states per rank: where they sit depends on offload (see model_state_bytes)."""
 
-    device: float
-    host: float
+    weights: float
+    gradients: float
+    optimizer: float  # fp32 master weights (when DeepSpeed keeps a copy) and Adam's two moments
+    host: float  # the part of the above that offload keeps in host memory
+
+    @property
+    def device(self) -> float:
+        return self.weights + self.gradients + self.optimizer - self.host
 
 
 def model_state_bytes(params: int, trainable: int, precision: str, zero_stage: int, world_size: int,
                       offload: str = "none", offload_params: bool = False) -> ModelStateBytes:
-    """The ZeRO paper's accounting of model states per rank. Mixed precision (bf16 / fp16): 2-byte
-    weights and gradients, and 12 bytes per trained parameter of fp32 master weights and Adam's two
-    moments; fp32: 4 + 4 + 8. ZeRO-1 partitions the optimizer state over the ranks, ZeRO-2 also the
-    gradients, ZeRO-3 also the weights. Offload moves the optimizer state (and with offload_params
-    the weights) to host memory. Activations and communication buckets are not included."""
+    """Model states per rank as DeepSpeed holds them (the ZeRO paper's accounting). Weights and
+    gradients take 2 bytes a parameter in bf16 / fp16, 4 in fp32; Adam's two moments 8 bytes a trained
+    parameter, and the fp32 master copy 4 more, which ZeRO-1/2 keep even for fp32 weights (they clone
+    their partition) and ZeRO-3 or no ZeRO only for bf16 / fp16 (or with offload). ZeRO-1 partitions
+    the optimizer state over the ranks, ZeRO-2 also the gradients, ZeRO-3 also the weights. Offload
+    moves the optimizer state (and with offload_params the weights) to host memory. Activations,
+    communication buckets and the allocator's slack are not included."""
     low = 4 if precision == "fp32" else 2
-    weights, grads = low * params, low * trainable
-    optimizer = (8 if precision == "fp32" else 12) * trainable
+    weights, grads = float(low * params), float(low * trainable)
+    master = precision != "fp32" or zero_stage in (1, 2) or offload != "none"
+    optimizer = float((12 if master else 8) * trainable)
     if zero_stage >= 1:
         optimizer /= world_size
     if zero_stage >= 2:
         grads /= world_size
     if zero_stage >= 3:
         weights /= world_size
-    device, host = weights + grads + optimizer, 0.0
-    if offload != "none":
-        device, host = device - optimizer, host + optimizer
-        if offload_params:
-            device, host = device - weights, host + weights
-    return ModelStateBytes(device, host)
+    host = (optimizer + (weights if offload_params else 0.0)) if offload != "none" else 0.0
+    return ModelStateBytes(weights, grads, optimizer, host)
 
 
 def _hours(hours: float) -> str:

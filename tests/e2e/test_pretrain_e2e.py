@@ -173,6 +173,19 @@ def test_a_dry_run_plans_what_the_run_does_and_writes_nothing(reference, nohuman
     assert re.search(r"compute: +[\d.e+-]+ TFLOP per clip", fresh.stdout) and "GPU-hours" in fresh.stdout
     assert not new.exists()
 
+    # the accounting of optimizer state per rank against what DeepSpeed saved of it: its fp32 partition
+    # (cloned even from fp32 weights under ZeRO-2) and both Adam moments
+    from ppma_scale.config import load_config
+    from ppma_scale.engine.dry_run import model_state_bytes
+    from ppma_scale.engine.tasks import build_task
+    cfg = load_config(CONFIG, [f"data.train={nohuman}"])
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build_task(cfg).architecture().parameters())
+    planned = model_state_bytes(params, params, cfg.train.precision, cfg.train.zero_stage, 2).optimizer
+    for rank in range(2):
+        saved = (reference / "checkpoints" / "step_00000008" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+        assert planned <= saved.stat().st_size <= planned * 1.05 + 64 * 1024, (planned, saved.stat().st_size)
+
     before = listing(reference)
     resumed = run(plain_cmd(*common_args(reference, nohuman, "train.max_steps=12"), "--dry-run", "--world-size", "4"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -20,8 +20,10 @@ def test_zero_partitions_the_model_states_stage_by_stage(stage, device):
     assert states.device == pytest.approx(device) and states.host == 0
 
 
-def test_fp32_keeps_no_master_copy_and_frozen_weights_have_no_optimizer_state():
+def test_fp32_keeps_a_master_copy_only_where_deepspeed_clones_one_and_frozen_weights_have_no_optimizer_state():
     assert model_state_bytes(P, P, "fp32", 0, 1).device == 16 * P  # 4 + 4 + 8 (Adam m and v)
+    assert model_state_bytes(P, P, "fp32", 2, 2).optimizer == 12 * P / 2  # ZeRO-1/2 clone their fp32 partition
+    assert model_state_bytes(P, P, "fp32", 3, 2).optimizer == 8 * P / 2  # ZeRO-3 steps fp32 weights in place
     assert model_state_bytes(10 * P, P, "bf16", 0, 1).device == 20 * P + 2 * P + 12 * P  # a frozen trunk
 
 

@@ -233,10 +233,14 @@ class _SpanWriter:
             self._close_span(end)
 
     def discard(self) -> None:
-        """Drop the shard being written (not journaled, so a resume redoes its span)."""
+        """Drop the shard being written (not journaled, so a resume redoes its span), and the temporary
+        file of one that a Ctrl-C caught while it was being opened, before this writer held it (one
+        job per output, under its lock: any such file is this job's)."""
         if self.shard is not None:
             self.shard.discard()
             self.shard = None
+        for tmp in self.output.glob(f".{self.prefix}-*.tar.tmp"):
+            tmp.unlink(missing_ok=True)
 
     def _close_span(self, end: int) -> None:
         info = {"url": None, "samples": 0, "bytes": 0, "sha256": "", "frames": 0, "seconds": 0.0}

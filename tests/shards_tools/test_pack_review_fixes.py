@@ -203,6 +203,25 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_rerun_resumes(corpus, tmp_path
     assert load_manifest(out).to_json() == clean.to_json()  # the resumed set is the uninterrupted one
 
 
+def test_ctrl_c_while_a_shard_file_is_being_opened_leaves_no_temporary_file(corpus, tmp_path, monkeypatch, capsys):
+    """Ctrl-C lands between a shard's temporary file being created and the writer holding it (the
+    terminal test above caught this under load): the interrupted pack still leaves no .tmp behind."""
+    out = tmp_path / "out"
+    real, opened = journal_module.wds.TarWriter, []
+
+    def interrupted_at_the_second_shard(handle, **kwargs):  # its file exists by now
+        opened.append(handle.name)
+        if len(opened) == 2:
+            raise KeyboardInterrupt
+        return real(handle, **kwargs)
+
+    monkeypatch.setattr(journal_module.wds, "TarWriter", interrupted_at_the_second_shard)
+    assert pack_module.main([str(corpus["train"]), "-o", str(out), *CLI]) == 130
+    assert "ppma-pack: interrupted" in capsys.readouterr().err
+    assert opened[1].endswith(".shard-000001.tar.tmp")
+    assert sorted(p.name for p in out.iterdir()) == [JOURNAL_NAME, "shard-000000.tar"]  # no temp, no lock
+
+
 def test_ctrl_c_in_a_terminal_with_worker_processes(tmp_path):
     """SIGINT to the whole process group (what a terminal's Ctrl-C sends): no traceback, from the pack
     or its workers; exit 130; the same command then finishes the set."""

@@ -4,9 +4,10 @@
 
 Only what a run writes as it goes is read (config.yaml, metrics.jsonl, events.jsonl; never a
 checkpoint), so it works on runs still training, on a copy without checkpoints, and on a login node.
-Rates are medians over the logged windows of the run's latest attempt, its first window left out
-(start-up: data workers filling, kernels warming); loss is the last logged; top-1/top-5 come from
-the latest evaluation.
+Rates (and the share of step time spent waiting for data: near 1, the run is input-bound) are
+medians over the logged windows of the run's latest attempt, its first window left out (start-up:
+data workers filling, kernels warming); loss is the last logged; top-1/top-5 come from the latest
+evaluation.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class RunRow:
     status: str | None = None
     loss: float | None = None
     clips_per_s: float | None = None
+    data_wait: float | None = None  # share of the step time spent waiting for the next batch
     tflops_per_gpu: float | None = None
     mfu: float | None = None
     peak_mem_gb: float | None = None
@@ -88,6 +90,7 @@ def summarize_run(run_dir: str | Path) -> RunRow:
         attempt = [r for r in metrics if r.get("step", 0) > latest_start.get("step", 0)] or metrics
         steady = attempt[1:] or attempt
         row.clips_per_s = _median(steady, "clips_per_s")
+        row.data_wait = _median(steady, "data_wait")
         row.tflops_per_gpu = _median(steady, "tflops_per_gpu")
         row.mfu = _median(steady, "mfu")
         peaks = [r["peak_mem_gb"] for r in metrics if isinstance(r.get("peak_mem_gb"), (int, float))]
@@ -107,7 +110,7 @@ def summarize_run(run_dir: str | Path) -> RunRow:
 def _cell(value: Any, name: str) -> str:
     if value is None:
         return "-"
-    if name == "mfu":
+    if name in ("mfu", "data_wait"):
         return f"{value:.1%}"
     if isinstance(value, float):
         return f"{value:.4g}" if name in ("loss", "epoch") or abs(value) < 100 else f"{value:,.0f}"

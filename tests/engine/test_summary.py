@@ -36,15 +36,15 @@ def test_rates_are_medians_of_the_latest_attempt_without_its_start_up_window(tmp
     that resume's, its first window (start-up) left out, whatever the earlier attempt ran at."""
     run = write_run(tmp_path / "run", [
         window(10, 50.0), window(20, 400.0), window(30, 410.0, mfu=0.2),  # the first attempt
-        window(40, 5.0, mfu=0.01), window(50, 800.0, mfu=0.4), window(60, 820.0, mfu=0.42),
-        window(70, 790.0, loss=0.5, mfu=0.38),
+        window(40, 5.0, mfu=0.01, data_wait=0.9), window(50, 800.0, mfu=0.4, data_wait=0.1),
+        window(60, 820.0, mfu=0.42, data_wait=0.05), window(70, 790.0, loss=0.5, mfu=0.38, data_wait=0.2),
     ], [
         {"event": "start", "step": 0, "world_size": 4, "total_steps": 100},
         {"event": "stop", "step": 30, "signal": "SIGUSR1"},
         {"event": "start", "step": 30, "world_size": 8, "total_steps": 100, "global_batch": 128},
     ])
     row = summarize_run(run)
-    assert (row.clips_per_s, row.mfu) == (800.0, 0.4)  # median of 800, 820, 790 and of 0.4, 0.42, 0.38
+    assert (row.clips_per_s, row.mfu, row.data_wait) == (800.0, 0.4, 0.1)  # medians of the last three windows
     assert (row.ranks, row.global_batch, row.step, row.total_steps, row.loss) == (8, 128, 70, 100, 0.5)
     assert row.status == "started" and row.peak_mem_gb == 0.7 and row.model == "ViT-L 16x224"
     assert row.top1 is None and row.task == "mae"

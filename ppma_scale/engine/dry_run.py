@@ -92,12 +92,14 @@ def _model_lines(cfg: Config, task: Task) -> tuple[list[str], int, int, float | 
         what = (f"MAE, ViT-{cfg.model.size.upper()} trunk {_millions(trunk)} + decoder {_millions(params - trunk)} "
                 f"parameters; {shape}, {visible} visible, {targets} reconstructed")
     else:
-        blend = (f"; model.average blends {len(cfg.model.average)} such trunks (frozen), their weights learned"
-                 if cfg.model.average else "")
+        head, blend = params - trunk, ""
+        if cfg.model.average:  # K frozen source trunks held as buffers: only alpha and the head train
+            k = len(cfg.model.average)
+            alpha = k if cfg.model.average_mode == "per_model" else k * len(list(encoder.parameters()))
+            params, trainable = k * trunk + head + alpha, head + alpha
+            blend = f"; model.average blends {k} such trunks (frozen), {alpha:,} blend weights learned"
         what = (f"{cfg.run.task}, ViT-{cfg.model.size.upper()} trunk {_millions(trunk)} + head "
-                f"{_millions(params - trunk)} parameters, {len(task.label_space())} classes; {shape}{blend}")
-    if cfg.model.average:
-        trainable = sum(p.numel() for p in model.head.parameters()) + len(cfg.model.average)
+                f"{_millions(head)} parameters, {len(task.label_space())} classes; {shape}{blend}")
     flops = task.flops_per_clip(model)
     every = cfg.model.act_checkpoint_every
     lines = [f"  model:    {what}", f"            {_millions(trainable)} trained"
@@ -126,10 +128,7 @@ def describe_run(cfg: Config, task: Task, plan: ResumePlan, world_size: int, mfu
     listed = ", ".join(f"{spec.name or spec.manifest} {n:,}" + (f" (weight {spec.weight:g})" if len(samples) > 1 else "")
                        for spec, n in zip(data.train, samples))
     lines.append(f"  data:     {sum(samples):,} training clips: {listed}")
-    batches = task.batches_per_epoch(world_size)
-    if not batches:
-        raise ValueError(f"the training data ({sum(samples)} clips) is smaller than one global batch on {world_size} "
-                         f"rank(s) x train.micro_batch {train.micro_batch}")
+    batches = task.batches_per_epoch(world_size)  # >= 1: validate() refused less than one global batch
     start = ckpt.step if ckpt is not None else 0
     schedule = _Schedule(cfg, batches, world_size, start, plan.meta.get("epoch"), plan.meta.get("epoch_before"))
     views = data.repeat_aug
@@ -141,7 +140,7 @@ def describe_run(cfg: Config, task: Task, plan: ResumePlan, world_size: int, mfu
     lines.append(f"  schedule: {schedule.steps_per_epoch:,.4g} steps per epoch; {length} = {schedule.total:,} steps"
                  + (f", {schedule.total - start:,} left" if start else "")
                  + f"; peak lr {schedule.peak_lr:.3g}")
-    if getattr(task, "caches_features", lambda: False)():
+    if task.caches_features():
         lines.append(f"            first one pass of the frozen trunk over the {sum(samples):,} training videos x "
                      f"{data.test_clips * data.test_crops} views (the feature cache)")
     if flops:

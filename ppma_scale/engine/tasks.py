@@ -127,6 +127,10 @@ class Task:
         for key, path in named:
             check_source(key, path)
 
+    def caches_features(self) -> bool:
+        """Whether the task encodes its training videos once before the first step (the linear probe)."""
+        return False
+
     def architecture(self) -> nn.Module:
         """The model's modules with fresh weights and nothing read from disk (`build_model` then adds what
         model.init names); on the meta device it costs no memory (a dry run counts its parameters)."""

@@ -26,7 +26,8 @@ from ppma_scale.data.clips import ClipSpec
 from ppma_scale.data.consumer import ConsumerStream, StreamContext, fresh_cursor, ignore_stop_signals
 from ppma_scale.data.decode import choose_decoder
 from ppma_scale.data.evalstream import EvalStream, build_eval_stream  # noqa: F401 (CONTRACTS: loader offers both)
-from ppma_scale.data.schedule import EpochPlan, Layout, continue_plan, default_steps, make_plan, next_plan
+from ppma_scale.data.schedule import EpochPlan, Layout, continue_plan, make_plan, next_plan
+from ppma_scale.data.schedule import steps_per_epoch as epoch_steps
 from ppma_scale.data.shards import open_sources
 from ppma_scale.data.stats import StatsLog
 from ppma_scale.data.maindecode import MainProcessDecoder, run_ahead
@@ -256,7 +257,7 @@ def build_train_stream(
     clip = ClipSpec(num_frames, sampling, stride, window_s)
     augment = TrainAugment(img_size, short_side, crop, tuple(scale), tuple(ratio), flip, randaugment, repeat_aug)
     layout = Layout(world_size, max(1, num_workers), micro_batch, mix)
-    steps = steps_per_epoch if steps_per_epoch is not None else default_steps([s.num_samples for s in sets], layout)
+    steps = epoch_steps([s.num_samples for s in sets], layout, steps_per_epoch)
     if steps < 1:
         total = sum(s.num_samples for s in sets)
         raise ValueError(f"the training data holds {total} samples, fewer than one global batch "

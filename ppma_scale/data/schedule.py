@@ -97,6 +97,12 @@ def default_steps(sizes: Sequence[int], layout: Layout) -> int:
     return int(sum(sizes)) // (layout.world_size * layout.batch)
 
 
+def steps_per_epoch(sizes: Sequence[int], layout: Layout, override: int | None = None) -> int:
+    """Batches per rank per epoch of a training stream: `override` (train.steps_per_epoch) if given,
+    else `default_steps`. The stream and the launch's dry run both count by this."""
+    return override if override is not None else default_steps(sizes, layout)
+
+
 def make_plan(epoch: int, start_step: int, steps: int, cursors: Sequence[int], sizes: Sequence[int],
               weights: Sequence[float], layout: Layout) -> EpochPlan:
     """A regular epoch: each dataset reads its weighted share onwards from its cursor.

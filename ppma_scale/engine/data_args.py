@@ -24,10 +24,9 @@ def train_stream_args(cfg: Config, dist: DistInfo, require_labels: bool) -> dict
 def stream_batches_per_epoch(cfg: Config, samples: list[int], world_size: int) -> int:
     """Batches per rank per epoch of the training stream on `world_size` ranks (train.steps_per_epoch,
     else every sample of every dataset once: ppma_scale.data.schedule.default_steps)."""
-    from ..data.schedule import Layout, default_steps
-    if cfg.train.steps_per_epoch is not None:
-        return cfg.train.steps_per_epoch
-    return default_steps(samples, Layout(world_size, max(1, cfg.data.num_workers), cfg.train.micro_batch, cfg.data.mix))
+    from ..data.schedule import Layout, steps_per_epoch
+    layout = Layout(world_size, max(1, cfg.data.num_workers), cfg.train.micro_batch, cfg.data.mix)
+    return steps_per_epoch(samples, layout, cfg.train.steps_per_epoch)
 
 
 def build_stream_from_config(cfg: Config, dist: DistInfo, require_labels: bool = False):

@@ -318,6 +318,10 @@ class LinearProbeTask(ClassifyTask):
         if self.cfg.train.micro_batch < 2:  # found only at the first training step, after the feature pass
             raise ValueError(f"train.micro_batch={self.cfg.train.micro_batch}: the linear probe's head normalises with "
                              "BatchNorm, which needs at least 2 clips per rank in each batch; set train.micro_batch >= 2")
+        if self.caches_features() and self.cfg.train.steps_per_epoch is not None:
+            raise ValueError(f"train.steps_per_epoch={self.cfg.train.steps_per_epoch}: the linear probe's epoch is every "
+                             "cached video once, so the key would be ignored; leave it unset (set train.max_steps "
+                             "or train.epochs for the run's length)")
         aug = self.cfg.augment
         if self.caches_features() and (aug.mixup > 0 or aug.cutmix > 0 or aug.erase_prob > 0 or aug.randaugment):
             raise ValueError("the linear probe caches one pass of features, so per-step augmentation cannot apply: "
@@ -350,13 +354,6 @@ class LinearProbeTask(ClassifyTask):
 
     def flops_per_clip(self, model: nn.Module) -> float | None:
         return None if self.caches_features() else super().flops_per_clip(model)
-
-    def batches_per_epoch(self, world_size: int) -> int | None:
-        """With cached features: every video once per epoch (FeatureStream), whatever train.steps_per_epoch;
-        an upper bound, as videos that fail to decode in the feature pass are left out."""
-        if not self.caches_features() or self.train_samples is None:
-            return super().batches_per_epoch(world_size)
-        return sum(self.train_samples) // (world_size * self.cfg.train.micro_batch)
 
     def clips_in(self, batch: dict[str, Any]) -> int:
         return int(batch["features"].shape[0] if "features" in batch else batch["video"].shape[0])

@@ -155,7 +155,7 @@ def listing(root: Path) -> list[tuple[str, int, int]]:
     return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))
 
 
-def test_a_dry_run_plans_what_the_run_does_and_writes_nothing(reference, nohuman, tmp_path):
+def test_a_dry_run_plans_what_the_run_does_and_writes_nothing(reference, nohuman, tmp_path, capsys):
     """`--dry-run --world-size N` (plain python, a login node): the checks of a launch, then the plan.
     Its steps per epoch and run length are those the 2-rank reference run logged at its start; on its
     run directory it names the resume point and leaves every file as it was."""
@@ -194,11 +194,13 @@ def test_a_dry_run_plans_what_the_run_does_and_writes_nothing(reference, nohuman
     assert "config change: train.max_steps: 8 -> 12" in resumed.stdout and "= 12 steps, 4 left" in resumed.stdout
     assert listing(reference) == before  # the checkpoint files were opened (deep check), nothing written
 
-    too_many = run(plain_cmd(*common_args(new, nohuman), "--dry-run", "--world-size", "64"))
-    assert too_many.returncode == 2 and "fewer than one global batch (64 rank(s) x train.micro_batch 2)" in \
-        too_many.stderr, too_many.stderr[-3000:]
-    not_dry = run(plain_cmd(*common_args(new, nohuman), "--world-size", "4"))
-    assert not_dry.returncode == 2 and "--world-size plans a --dry-run" in not_dry.stderr
+    from ppma_scale.cli import launch  # the refusals in-process (what launch/pretrain.py calls)
+    assert launch([*common_args(new, nohuman), "--dry-run", "--world-size", "64"], stage="pretrain",
+                  tasks=("mae",)) == 2
+    assert "fewer than one global batch (64 rank(s) x train.micro_batch 2)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        launch([*common_args(new, nohuman), "--world-size", "4"], stage="pretrain", tasks=("mae",))
+    assert usage.value.code == 2 and "--world-size plans a --dry-run" in capsys.readouterr().err
     assert not new.exists()
 
 

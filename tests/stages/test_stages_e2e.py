@@ -145,20 +145,23 @@ def test_a_run_named_by_model_init_is_merged_by_rank_0_alone(align, tiny_shards,
 
 def test_a_dry_run_of_the_linear_probe_plans_the_steps_its_cached_features_give(linprobe, align, tiny_shards,
                                                                                   tmp_path):
-    """The probe's epoch is every cached video once, whatever train.steps_per_epoch says (the feature
-    stream does not read it): the dry run's steps per epoch are those the real 2-rank probe logged, and
-    it names the feature pass it would make first."""
+    """The probe's epoch is every cached video once: the dry run's steps per epoch are those the real
+    2-rank probe logged, and it names the feature pass it would make first. train.steps_per_epoch,
+    which the feature stream cannot follow, is refused rather than ignored."""
     run_dir, _ = linprobe
     start = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "start"][0]
     new = tmp_path / "probe"
-    done = run_python(str(REPO / "launch" / "linprobe.py"), "--config", str(DEMO / "linprobe_test.yaml"), "--output",
-                      str(new), f"model.init={align[0]}", f"data.train={tiny_shards['downstream_train']}",
-                      f"data.val={tiny_shards['downstream_val']}", "train.steps_per_epoch=1", "--dry-run",
-                      "--world-size", "2")
+    args = [str(REPO / "launch" / "linprobe.py"), "--config", str(DEMO / "linprobe_test.yaml"), "--output", str(new),
+            f"model.init={align[0]}", f"data.train={tiny_shards['downstream_train']}",
+            f"data.val={tiny_shards['downstream_val']}", "--dry-run", "--world-size", "2"]
+    done = run_python(*args)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"schedule: {start['steps_per_epoch']:,.4g} steps per epoch" in done.stdout
     assert "first one pass of the frozen trunk over the" in done.stdout and "(the feature cache)" in done.stdout
     assert "compute:  not estimated" in done.stdout and not new.exists()
+    refused = run_python(*args, "train.steps_per_epoch=1")
+    assert refused.returncode == 2 and "train.steps_per_epoch=1: the linear probe's epoch is every cached video " \
+        "once, so the key would be ignored" in refused.stderr, refused.stderr[-3000:]
 
 
 def test_the_summary_of_real_stage_runs(align, linprobe):

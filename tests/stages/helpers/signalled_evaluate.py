@@ -1,5 +1,5 @@
 """launch/evaluate.py as one rank of a job, where rank SIGNALLED sends itself SIGTERM while it scores its
-first batch of views (-1: never), so the signal lands inside the evaluation without guessing at timing:
+first batch of views, so the signal lands inside the evaluation without guessing at timing:
 `python signalled_evaluate.py COUNTS SIGNALLED EVALUATE_ARGS...` (rank and world from env://).
 COUNTS_<rank>.json gets the number of views this rank has put through the model, after every forward
 (the launcher ends its ranks with os._exit, so nothing can be written at exit).

@@ -170,7 +170,6 @@ def _checksum_or_error(path: Path) -> str:
         return f"unreadable ({exc.strerror or exc})"
 
 
-
 def checkpoint_problems(ckpt: Checkpoint, deep: bool = True) -> list[str]:
     """What is wrong with the files of a complete-marked checkpoint: every file the marker's world
     size and ZeRO stage imply is present and, when `deep`, non-empty, an intact-looking zip and (for

@@ -17,7 +17,6 @@ from ..config import Config
 from .resume_guard import ResumePlan
 from .tasks import Task
 
-H100_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 SXM (models.flops.PEAK_BF16_TFLOPS)
 GIB = 1024 ** 3
 
 
@@ -108,8 +107,8 @@ def _model_lines(cfg: Config, task: Task) -> tuple[list[str], int, int, float | 
     return lines, params, trainable, flops
 
 
-def describe_run(cfg: Config, task: Task, plan: ResumePlan, world_size: int, mfu: float = 0.3,
-                 peak_tflops: float = H100_BF16_TFLOPS) -> list[str]:
+def describe_run(cfg: Config, task: Task, plan: ResumePlan, world_size: int, mfu: float,
+                 peak_tflops: float) -> list[str]:
     """The plan of a validated launch on `world_size` ranks, as lines to print (see the module doc)."""
     from .trainer import _Schedule
     train, data = cfg.train, cfg.data

@@ -1,12 +1,14 @@
-"""GPU model benchmark, one self-contained run (< 6 min on an H100): builds, checks and times everything.
+"""GPU model benchmark, one self-contained run (5-8 min on an H100): builds, checks and times everything.
 
-1. FLOPs: FlopCounterMode on the GPU vs `flops_per_clip` (explicit attention must match exactly);
+1. Checks: FlopCounterMode on the GPU vs `flops_per_clip` (explicit attention must match exactly);
    the MAE decoder's last block on the reconstructed tokens only vs the full block, per SDPA backend.
-2. SDPA backends (flash / efficient / cuDNN / math) on the MAE decoder, fine-tune and encoder shapes.
-3. ViT-L / ViT-H MAE steps in bf16 (16x224, 90% masked), ours and the eager explicit-attention
-   baseline, activation checkpointing off and on, each at the largest micro-batch that fits:
-   clips/s, TFLOP/s, MFU, peak memory. Then ours on the first size with each SDPA backend forced,
-   a kernel-time profile (--profile) and torch.compile'd blocks in a child process (--compile).
+2. ViT-L / ViT-H MAE steps in bf16 (16x224, 90% masked), ours and the eager explicit-attention
+   baseline, activation checkpointing off and/or on (--ckpt), each at the largest micro-batch that
+   fits (or --batch / --eager-batch): clips/s, TFLOP/s, MFU, peak memory.
+3. Ours on the first size with each SDPA backend forced, a kernel-time profile (--profile), and
+   torch.compile'd blocks (--compile static dynamic), each timed and profiled in a child process.
+4. SDPA backends (flash / efficient / cuDNN / math; FlexAttention with --flex) on the MAE decoder,
+   fine-tune and encoder shapes.
 
 Imports only torch (+ timm/einops via ppma_scale.models) and bench/model/eager_reference.py. Every
 configuration is time-boxed and survives OOM; $OUT/model_bench.json is rewritten after each one.
@@ -78,11 +80,14 @@ class Bench:
 
 
 
-def build(kind: str, size_name: str, frames: int, img: int, ckpt: bool, compile_blocks: bool = False):
+COMPILE_MODES = {"off": False, "static": {"dynamic": False}, "dynamic": {"dynamic": None}}
+
+
+def build(kind: str, size_name: str, frames: int, img: int, ckpt: bool, compile_mode: str = "off"):
     size = resolve_size(size_name)
     if kind == "ours":
         encoder = VideoViT(size, num_frames=frames, img_size=img, act_checkpoint_every=int(ckpt),
-                           compile_blocks=compile_blocks)
+                           compile_blocks=COMPILE_MODES[compile_mode])
         return MAE(encoder, decoder_depth=4)
     model = EagerVideoMAE(size.embed_dim, size.depth, size.num_heads, size.decoder_dim, size.decoder_heads,
                           num_frames=frames, img_size=img, patch=size.patch_size, mlp_ratio=size.mlp_ratio)
@@ -180,10 +185,10 @@ def fitting_batches(bench: Bench, kind: str, model, ratio: float, backend: str |
 
 
 def run_config(bench: Bench, kind: str, size: str, ckpt: bool, backend: str | None = None,
-               compile_blocks: bool = False, batch: int | None = None) -> dict:
+               compile_mode: str = "off", batch: int | None = None) -> dict:
     """Time one configuration at the largest batch that fits (or `batch`); never raises."""
     a = bench.args
-    row = {"model": kind, "size": size, "ckpt": ckpt, "backend": backend or "default", "compile": compile_blocks}
+    row = {"model": kind, "size": size, "ckpt": ckpt, "backend": backend or "default", "compile": compile_mode}
     if bench.left() < 10:
         row["error"] = "skipped: out of time"
         return row
@@ -191,7 +196,7 @@ def run_config(bench: Bench, kind: str, size: str, ckpt: bool, backend: str | No
     model = None
     try:
         with bench.device:  # initialise on the GPU: ViT-H's random init takes seconds on a CPU
-            model = build(kind, size, a.frames, a.img, ckpt, compile_blocks)
+            model = build(kind, size, a.frames, a.img, ckpt, compile_mode)
         model = model.to(torch.bfloat16).train()
         with torch.device("meta"):  # model FLOPs of our architecture (the baseline has the same)
             flops = flops_per_clip(build("ours", size, a.frames, a.img, False), 0.9)
@@ -265,6 +270,9 @@ def sdpa_bench(bench: Bench) -> list[dict]:
         flops = 3 * 4 * b * h * n * n * d
         for name, backend in BACKENDS.items():
             row = {"shape": shape_name, "bhnd": [b, h, n, d], "backend": name}
+            if bench.left() < 10:
+                rows.append({**row, "error": "skipped: out of time"})
+                continue
             try:
                 with sdpa_kernel([backend]):
                     def step():
@@ -274,26 +282,60 @@ def sdpa_bench(bench: Bench) -> list[dict]:
             except Exception as exc:  # backend not available for this shape / device
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
             rows.append(row)
+        if a.flex and shape_name == "mae_encoder" and bench.device.type == "cuda" and bench.left() > 60:
+            rows += flex_rows(bench, (q, k, v), flops, shape_name)
         q = k = v = None
         bench.free()
     return rows
 
 
-KERNEL_KINDS = (("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
+FLEX_VARIANTS = {"flex": None, "flex_64x64": {"BLOCK_M": 64, "BLOCK_N": 64}}
+
+
+def flex_rows(bench: Bench, qkv: tuple[torch.Tensor, ...], flops: int, shape_name: str) -> list[dict]:
+    """FlexAttention (a compiled Triton kernel) on a short sequence: does a smaller tile than the
+    fused kernels' 128 rows waste less of the 157-token encoder attention? Compile time excluded."""
+    from torch.nn.attention.flex_attention import flex_attention
+    rows = []
+    for name, options in FLEX_VARIANTS.items():
+        row = {"shape": shape_name, "bhnd": list(qkv[0].shape), "backend": name}
+        try:
+            attend = torch.compile(flex_attention, dynamic=False)
+
+            def step():
+                attend(*qkv, kernel_options=options).sum().backward()
+            seconds, _ = time_steps(bench, step, 2, bench.args.sdpa_iters, time.monotonic() + 20)
+            row.update(ms=seconds * 1e3, tflops=flops / seconds / 1e12)
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        rows.append(row)
+    return rows
+
+
+KERNEL_KINDS = (("fused (compiled)", ("triton_",)),  # first: their names carry the aten ops they fused
+                ("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
                 ("gemm", ("gemm", "cutlass", "sm90_xmma", "nvjet", "matmul", "cublas")),
                 ("optimizer", ("adam",)), ("layer_norm", ("layer_norm", "layernorm")),
                 ("gather/sort", ("gather", "index", "scatter", "sort", "radix")),
                 ("reduce", ("reduce",)), ("copy/elementwise", ("elementwise", "copy", "cat", "gelu", "fill")))
 
 
-def profile_step(bench: Bench, size: str, batch: int) -> dict:
-    """Kernel time of two ours-MAE steps, grouped by kind, plus the top kernels (also $OUT/profile_<size>.txt)."""
+def profile_step(bench: Bench, size: str, batch: int, compile_mode: str = "off") -> dict:
+    """Kernel time of two ours-MAE steps at the timed batch (half that if the profiler's memory
+    does not fit), grouped by kind, plus the top kernels (also $OUT/profile_<size>_<compile mode>.txt)."""
+    out = profile_at(bench, size, batch, compile_mode)
+    if "OutOfMemoryError" in out.get("error", "") and batch > 1:
+        out = profile_at(bench, size, batch // 2, compile_mode)
+    return out
+
+
+def profile_at(bench: Bench, size: str, batch: int, compile_mode: str) -> dict:
     from torch.profiler import ProfilerActivity, profile
     a = bench.args
-    out: dict = {"size": size, "batch": batch}
+    out: dict = {"size": size, "batch": batch, "compile": compile_mode}
     try:
         with bench.device:
-            model = build("ours", size, a.frames, a.img, False)
+            model = build("ours", size, a.frames, a.img, False, compile_mode)
         model = model.to(torch.bfloat16).train()
         step = make_step(bench, "ours", model, batch, 0.9, None)
         step()
@@ -318,7 +360,7 @@ def profile_step(bench: Bench, size: str, batch: int) -> dict:
             kinds[kind] = kinds.get(kind, 0.0) + spent / 2e3  # ms per step
         out["ms_per_step_by_kind"] = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
         text = events.table(sort_by=attr, row_limit=30, max_name_column_width=90)
-        (bench.out / f"profile_{size}.txt").write_text(text)
+        (bench.out / f"profile_{size}_{compile_mode}.txt").write_text(text)
         out["top"] = text.splitlines()[:40]
     except Exception as exc:
         out["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
@@ -328,16 +370,17 @@ def profile_step(bench: Bench, size: str, batch: int) -> dict:
     return out
 
 
-def compile_in_child(bench: Bench, batch: int | None) -> dict:
-    """torch.compile'd blocks measured in a child process, so a slow compile cannot overrun the budget."""
+def compile_in_child(bench: Bench, mode: str, batch: int | None) -> dict:
+    """torch.compile'd blocks (`mode`: static or dynamic shapes) timed, and profiled with --profile,
+    in a child process, so a slow compile cannot overrun the budget."""
     a = bench.args
     limit = int(bench.left() - 15)
     if limit < 60:
         return {"error": "skipped: out of time"}
-    cmd = [sys.executable, __file__, "--only-compile", "--sizes", a.sizes[0], "--frames", str(a.frames),
+    cmd = [sys.executable, __file__, "--only-compile", mode, "--sizes", a.sizes[0], "--frames", str(a.frames),
            "--img", str(a.img), "--steps", str(a.steps), "--warmup", str(a.warmup), "--budget-s", str(limit),
            "--config-s", str(limit - 5), "--max-batch", str(a.max_batch), "--start-batch", str(a.start_batch)]
-    cmd += ["--batch", str(batch)] if batch else []
+    cmd += (["--batch", str(batch)] if batch else []) + (["--profile"] if a.profile else [])
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, env={**os.environ, "OUT": str(
             bench.out / "compile")})
@@ -346,6 +389,14 @@ def compile_in_child(bench: Bench, batch: int | None) -> dict:
     except subprocess.TimeoutExpired:
         return {"error": f"compile + timing did not finish in {limit} s"}
 
+
+def compiled_config(bench: Bench) -> dict:
+    """The child's work: time the compiled blocks (their compile happens in the warm-up), then profile."""
+    a = bench.args
+    row = run_config(bench, "ours", a.sizes[0], False, compile_mode=a.only_compile, batch=a.batch)
+    if a.profile and "batch" in row and bench.left() > 30:
+        row["profile"] = profile_step(bench, a.sizes[0], row["batch"], a.only_compile)
+    return row
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -363,11 +414,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sdpa-batch", type=int, default=64)
     p.add_argument("--sdpa-iters", type=int, default=10)
     p.add_argument("--peak", type=float, default=None, help="peak TFLOP/s for MFU (default: from the GPU name)")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile'd blocks (child process)")
+    p.add_argument("--compile", nargs="*", choices=["static", "dynamic"], default=None,
+                   help="also time torch.compile'd blocks, per shape mode (default static), each in a child process")
+    p.add_argument("--flex", action="store_true", help="also time FlexAttention on the encoder's short sequence")
+    p.add_argument("--ckpt", choices=["off", "on", "both"], default="both", help="activation checkpointing settings")
+    p.add_argument("--eager-batch", type=int, default=None, help="fixed micro-batch for the eager baseline")
     p.add_argument("--profile", action="store_true", help="kernel-time breakdown of an ours step (first size)")
     p.add_argument("--no-backends", dest="backends", action="store_false", help="skip the forced-SDPA-backend steps")
     p.add_argument("--batch", type=int, default=None, help="fixed micro-batch instead of the search")
-    p.add_argument("--only-compile", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--only-compile", choices=["static", "dynamic"], default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke:
         args.sizes, args.frames, args.img = ["tiny"], 4, 32
@@ -386,28 +441,34 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     bench = Bench(args)
     if args.only_compile:
-        print(json.dumps(run_config(bench, "ours", args.sizes[0], False, compile_blocks=True, batch=args.batch)))
+        print(json.dumps(compiled_config(bench), default=str))
         return
     print(f"model_bench on {bench.results['device']} (budget {args.budget_s:.0f} s)", flush=True)
     bench.results["flops_check"] = flops_check(bench)
     bench.results["last_block_check"] = last_block_check(args.sizes[0], args.frames, args.img, bench.device)
     bench.save()
-    bench.results["sdpa"] = sdpa_bench(bench)
-    bench.save()
-    print(f"[{time.monotonic() - bench.start:5.0f} s] checks and SDPA kernels done", flush=True)
+    print(f"[{time.monotonic() - bench.start:5.0f} s] checks done", flush=True)
     for size in args.sizes:
-        for ckpt in (False, True):
+        for ckpt in {"off": (False,), "on": (True,), "both": (False, True)}[args.ckpt]:
             for kind in ("ours", "eager"):
-                record(bench, run_config(bench, kind, size, ckpt))
+                batch = args.eager_batch if kind == "eager" and args.eager_batch else args.batch
+                record(bench, run_config(bench, kind, size, ckpt, batch=batch))
     ours_l = next((r for r in bench.results["steps"] if r["model"] == "ours" and r["size"] == args.sizes[0]
                    and not r["ckpt"] and "clips_per_s" in r), {})
     for backend in ("flash", "cudnn", "efficient") if args.backends else ():
         record(bench, run_config(bench, "ours", args.sizes[0], False, backend=backend, batch=ours_l.get("batch")))
     if args.profile:
-        bench.results["profile"] = profile_step(bench, args.sizes[0], max(1, ours_l.get("batch", 32) // 2))
-    if args.compile:
-        record(bench, {"model": "ours", "size": args.sizes[0], "ckpt": False, "backend": "default", "compile": True,
-                       **compile_in_child(bench, ours_l.get("batch"))})
+        bench.results["profile"] = profile_step(bench, args.sizes[0], ours_l.get("batch", 32))
+        bench.save()
+        print(f"[{time.monotonic() - bench.start:5.0f} s] profile {bench.results['profile'].get('ms_per_step_by_kind')}",
+              flush=True)
+    for mode in (args.compile or ["static"]) if args.compile is not None else ():
+        row = {"model": "ours", "size": args.sizes[0], "ckpt": False, "backend": "default", "compile": mode,
+               **compile_in_child(bench, mode, ours_l.get("batch"))}
+        if "profile" in row:
+            bench.results.setdefault("compiled_profiles", []).append(row.pop("profile"))
+        record(bench, row)
+    bench.results["sdpa"] = sdpa_bench(bench)  # last: the steps above are the headline
     bench.results["elapsed_s"] = time.monotonic() - bench.start
     bench.save()
     text = table(bench.results)

@@ -20,19 +20,20 @@ def table(results: dict) -> str:
     for r in results["sdpa"]:
         value = f"{r['ms']:8.2f} {r['tflops']:8.1f}" if "ms" in r else r["error"][:60]
         lines.append(f"{r['shape']:12} {','.join(map(str, r['bhnd'])):18} {r['backend']:9} {value}")
-    lines.append(f"\n{'model':6} {'size':4} {'ckpt':5} {'sdpa':9} {'cmp':4} {'batch':>5} {'clips/s':>8} "
+    lines.append(f"\n{'model':6} {'size':4} {'ckpt':5} {'sdpa':9} {'compile':7} {'batch':>5} {'clips/s':>8} "
                  f"{'TFLOP/s':>8} {'MFU':>6} {'peak GB':>8} {'step ms':>8}")
     for r in results["steps"]:
-        head = f"{r['model']:6} {r['size']:4} {str(r['ckpt']):5} {r['backend']:9} {str(r['compile'])[0]:4}"
+        head = f"{r['model']:6} {r['size']:4} {str(r['ckpt']):5} {r['backend']:9} {str(r['compile']):7}"
         if "error" in r:
             lines.append(f"{head} {r['error'][:80]}")
         else:
             peak = f"{r['peak_gb']:8.1f}" if r["peak_gb"] is not None else f"{'-':>8}"
             lines.append(f"{head} {r['batch']:5d} {r['clips_per_s']:8.1f} {r['tflops']:8.1f} {r['mfu']:6.1%} "
                          f"{peak} {r['step_ms']:8.1f}")
-    profile = results.get("profile")
-    if profile:
-        lines.append(f"\nkernel time per ours step, ViT-{profile['size'].upper()} batch {profile['batch']} (ms): "
-                     + (", ".join(f"{k} {v:.1f}" for k, v in profile.get("ms_per_step_by_kind", {}).items())
-                        or profile.get("error", "")))
+    for profile in [results.get("profile"), *results.get("compiled_profiles", [])]:
+        if profile:
+            lines.append(f"\nkernel time per ours step, ViT-{profile['size'].upper()} batch {profile['batch']}, "
+                         f"compile {profile.get('compile', 'off')} (ms): "
+                         + (", ".join(f"{k} {v:.1f}" for k, v in profile.get("ms_per_step_by_kind", {}).items())
+                            or profile.get("error", "")))
     return "\n".join(lines + results["notes"])

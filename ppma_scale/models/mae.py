@@ -17,8 +17,8 @@ from einops import rearrange
 from torch import nn
 
 from ppma_scale.models import pos_embed as pe
-from ppma_scale.models.vit import (LN_EPS, VideoViT, default_init_skipped, gather_tokens, gather_tubelets,
-                                   init_weights, make_blocks, run_blocks)
+from ppma_scale.models.vit import (LN_EPS, VideoViT, compile_each_block, default_init_skipped, gather_tokens,
+                                   gather_tubelets, init_weights, make_blocks, run_blocks)
 
 TARGET_NORMS = ("per_channel", "all", "none")
 
@@ -67,6 +67,7 @@ class MAE(nn.Module):
         if encoder.pos_embed_kind == "learned":
             nn.init.trunc_normal_(self.decoder_pos_embed, std=0.02)
         self._pos_cache: dict = {}
+        compile_each_block(self.decoder_blocks, encoder.compile_options)  # as the encoder's: `model.compile`
 
     # ----------------------------------------------------------------------------- the method
 

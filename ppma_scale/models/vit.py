@@ -79,16 +79,42 @@ class PatchEmbed(nn.Module):
         return self.proj(video, index)
 
 
+class VideoBlock(Block):
+    """timm's pre-norm `Block` whose forward can also compute only the last `keep_last` tokens.
+
+    One forward for both paths, so `Module.compile` of a block covers the MAE decoder's last block
+    too (a free function called on the block would run uncompiled).
+    """
+
+    def forward(self, x: torch.Tensor, keep_last: Optional[int] = None) -> torch.Tensor:
+        if keep_last is None:
+            return super().forward(x)
+        return block_on_last_tokens(self, x, keep_last)
+
+
 def make_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
                 layer_scale: Optional[float], drop_path: float) -> nn.ModuleList:
-    """Pre-norm transformer blocks (timm `Block`) with a linear stochastic-depth ramp."""
+    """Pre-norm transformer blocks (`VideoBlock`) with a linear stochastic-depth ramp."""
     rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
-    blocks = [Block(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                    init_values=layer_scale, drop_path=rate, norm_layer=partial(nn.LayerNorm, eps=LN_EPS))
+    blocks = [VideoBlock(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                         init_values=layer_scale, drop_path=rate, norm_layer=partial(nn.LayerNorm, eps=LN_EPS))
               for rate in rates]
     for block in blocks:
         block.attn.fused_attn = True  # SDPA regardless of timm's global setting
     return nn.ModuleList(blocks)
+
+
+def compile_each_block(blocks: nn.ModuleList, options: bool | dict) -> None:
+    """torch.compile each block in place (`options`: True, or torch.compile keyword arguments).
+
+    Per block rather than the whole model: the blocks are where the time goes, every block of a
+    stack has the same graph, and `Module.compile` leaves the state-dict keys unchanged. Shapes are
+    static unless `dynamic` is given: the encoder's and decoder's blocks share one forward, and
+    torch's automatic dynamic shapes would otherwise compile the second stack for any token count.
+    """
+    if options:
+        for block in blocks:
+            block.compile(**{"dynamic": False, **(options if isinstance(options, dict) else {})})
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpoint_every: int,
@@ -101,11 +127,11 @@ def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpoint_every: int,
     use_ckpt = checkpoint_every > 0 and torch.is_grad_enabled()
     last = len(blocks) - 1
     for i, block in enumerate(blocks):
-        fn, args = (block_on_last_tokens, (block, x, keep_last)) if keep_last and i == last else (block, (x,))
+        keep = keep_last if i == last else None
         if use_ckpt and i % checkpoint_every == 0:
-            x = checkpoint(fn, *args, use_reentrant=False)
+            x = checkpoint(block, x, keep, use_reentrant=False)
         else:
-            x = fn(*args)
+            x = block(x, keep)
     return x
 
 
@@ -119,7 +145,7 @@ def block_on_last_tokens(block: Block, x: torch.Tensor, keep: int) -> torch.Tens
     """
     attn = block.attn
     if getattr(attn, "gate", None) is not None:  # a timm attention variant not written out here
-        return block(x)[:, -keep:]
+        return Block.forward(block, x)[:, -keep:]
     b, n, _ = x.shape
     qkv = attn.qkv(block.norm1(x)).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
@@ -210,9 +236,8 @@ class VideoViT(nn.Module):
         if pos_embed == "learned":
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self._pos_cache: dict[tuple, torch.Tensor] = {}
-        if compile_blocks:  # True, or torch.compile keyword arguments
-            for block in self.blocks:
-                block.compile(**(compile_blocks if isinstance(compile_blocks, dict) else {}))
+        self.compile_options = compile_blocks  # the MAE decoder's blocks follow it
+        compile_each_block(self.blocks, compile_blocks)
 
     def forward(self, video: torch.Tensor, visible_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Tokens of `video` (B, C, T, H, W); only those at `visible_idx` (B, Nv) when given."""

@@ -151,3 +151,33 @@ def test_mask_errors(small_mae, video, make_masks):
         MAE(small_mae.encoder, target_norm="pixel")
     with pytest.raises(ValueError, match="divisible by mae.decoder_heads"):
         MAE(small_mae.encoder, decoder_dim=96, decoder_heads=5)
+
+
+def test_compiling_covers_the_decoder_and_its_last_token_block(make_encoder, video, make_masks):
+    """`model.compile` compiles the decoder's blocks too, its last (targets-only) block included,
+    and changes neither the keys nor the loss and gradients (checkpointing on)."""
+    graphs = []
+
+    def recording_backend(graph_module, _example_inputs):
+        out = next(n for n in graph_module.graph.nodes if n.op == "output").args[0]
+        graphs.append([tuple(v.meta["example_value"].shape) for v in out if hasattr(v, "meta")])
+        return graph_module.forward
+
+    torch.manual_seed(0)
+    plain = MAE(make_encoder(act_checkpoint_every=1), decoder_depth=2)
+    compiled = MAE(make_encoder(act_checkpoint_every=1, compile_blocks={"backend": recording_backend}),
+                   decoder_depth=2)
+    compiled.load_state_dict(plain.state_dict())
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    assert all(b._compiled_call_impl is not None for b in [*compiled.encoder.blocks, *compiled.decoder_blocks])
+    mask = make_masks(2, 32, 24)
+    results = []
+    for model in (plain, compiled):
+        loss, _ = model(video, mask)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=0)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], atol=1e-5, rtol=1e-4, msg=name)
+    outputs = {shape for graph in graphs for shape in graph}
+    assert {(2, 8, 48), (2, 32, 32), (2, 24, 32)} <= outputs  # encoder, decoder, last block on the 24 targets

@@ -239,12 +239,20 @@ def exit_rank(code: int) -> NoReturn:
     are then destroyed during interpreter finalisation, which now and then aborts the rank with
     SIGABRT ("terminate called without an active exception") after a run that finished and saved
     everything: a finished job reported as failed (1 of 162 two-rank CPU runs here, and once in CI).
-    Skipping finalisation removes that window; nothing of ours is left to flush by then."""
+    Skipping finalisation removes that window; nothing of ours is left to flush by then.
+
+    Non-daemon threads are ended as the interpreter's own exit ends them (`threading._shutdown`):
+    first the thread-exit hooks, which tell idle `concurrent.futures` workers (torch.compile's
+    compile pool, say) to stop, then a join. Joining those workers without the hooks waits forever."""
     import atexit
     import threading
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    finish_threads = getattr(threading, "_shutdown", None)
+    if finish_threads is not None:
+        finish_threads()
+    else:  # an interpreter without the hook: join what can end by itself
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join()
     atexit._run_exitfuncs()  # logging, multiprocessing (DataLoader workers), tempfile clean-up
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -75,6 +75,9 @@ def late_writer():
     (out / "thread").write_text("joined")
 
 threading.Thread(target=late_writer).start()
+from concurrent.futures import ThreadPoolExecutor
+pool = ThreadPoolExecutor(1)  # an idle non-daemon worker, as torch.compile's compile pool leaves one
+pool.submit(int).result()
 sys.stdout.write("no newline, still buffered")
 exit_rank(7)
 '''
@@ -104,8 +107,9 @@ run_rank(main)
 
 def test_exit_rank_runs_exit_handlers_and_flushes_but_skips_finalisation(tmp_path):
     """A launched rank leaves through exit_rank: the exit code, buffered output, exit handlers and
-    running (non-daemon) threads all count, and the interpreter is not torn down (where the gloo
-    threads DeepSpeed keeps alive can abort a finished rank)."""
+    running (non-daemon) threads all count, an idle thread pool does not keep it waiting (a rank
+    with `model.compile` hung there after its last step), and the interpreter is not torn down
+    (where the gloo threads DeepSpeed keeps alive can abort a finished rank)."""
     import subprocess
     import sys
     from pathlib import Path

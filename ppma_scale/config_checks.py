@@ -180,5 +180,10 @@ def _check_train(cfg: Config, sources: dict[str, str]) -> None:
         _require(train.epochs > 0 and _finite(train.epochs), "train.epochs", sources,
                  "positive (or set train.max_steps)", train.epochs)
     _require(train.zero_stage in (0, 1, 2, 3), "train.zero_stage", sources, "0, 1, 2 or 3", train.zero_stage)
+    if cfg.model.compile and train.zero_stage == 3:
+        _invalid(["model.compile", "train.zero_stage"], sources,
+                 "model.compile needs train.zero_stage 0, 1 or 2: ZeRO-3 gathers each layer's weights in module "
+                 "hooks that torch.compile cannot trace, so the blocks break into small graphs, hit the "
+                 "recompile limit and run uncompiled. Turn one of them off")
     if train.peak_tflops is not None:
         _require(train.peak_tflops > 0, "train.peak_tflops", sources, "positive or null", train.peak_tflops)

@@ -320,6 +320,35 @@ KERNEL_KINDS = (("fused (compiled)", ("triton_",)),  # first: their names carry 
                 ("reduce", ("reduce",)), ("copy/elementwise", ("elementwise", "copy", "cat", "gelu", "fill")))
 
 
+NOT_KERNELS = ("Command Buffer Full",)  # CUPTI overhead records (a stalled launch), not GPU work
+
+
+def device_events(prof) -> list:
+    """The profile's GPU-side events (kernels, copies, memsets), without CUPTI overhead records."""
+    from torch.autograd import DeviceType
+    return [e for e in prof.events() if e.device_type == DeviceType.CUDA and e.name not in NOT_KERNELS]
+
+
+def work_items(prof, cuda: bool) -> list[tuple[str, float]]:
+    """(name, microseconds) of each GPU event, or of each CPU op's self time on a CPU run. GPU events
+    are counted once: the CPU-side ops that launched them (aten::*, compiled-kernel launchers) are not."""
+    if cuda:
+        return [(e.name, e.time_range.elapsed_us()) for e in device_events(prof)]
+    return [(e.key, e.self_cpu_time_total) for e in prof.key_averages() if e.self_cpu_time_total > 0]
+
+
+def busy_us(prof) -> float:
+    """Microseconds in which at least one GPU event ran (the union of their intervals): the
+    profiled window minus this is time the GPU sat idle."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in device_events(prof))
+    total, end = 0.0, float("-inf")
+    for start, stop in spans:
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
 def profile_step(bench: Bench, size: str, batch: int, compile_mode: str = "off") -> dict:
     """Kernel time of two ours-MAE steps at the timed batch (half that if the profiler's memory
     does not fit), grouped by kind, plus the top kernels (also $OUT/profile_<size>_<compile mode>.txt)."""
@@ -343,22 +372,24 @@ def profile_at(bench: Bench, size: str, batch: int, compile_mode: str) -> dict:
         bench.sync()
         cuda = bench.device.type == "cuda"
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        started = time.perf_counter()
         with profile(activities=activities) as prof:
             step()
             step()
             bench.sync()
+        out["profiled_ms_per_step"] = (time.perf_counter() - started) * 1e3 / 2
+        kinds: dict[str, float] = {}
+        for name, spent_us in work_items(prof, cuda):
+            kind = next((k for k, marks in KERNEL_KINDS if any(m in name.lower() for m in marks)), "other")
+            kinds[kind] = kinds.get(kind, 0.0) + spent_us / 2e3  # ms per step
+        out["ms_per_step_by_kind"] = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+        if cuda:
+            out["gpu_busy_ms_per_step"] = busy_us(prof) / 2e3
+        if bench.device.type == "cuda":
+            out["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries")
         events = prof.key_averages()
         attr = ("self_device_time_total" if hasattr(events[0], "self_device_time_total") else
                 "self_cuda_time_total") if cuda else "self_cpu_time_total"
-        kinds: dict[str, float] = {}
-        for event in events:
-            spent = getattr(event, attr, 0) or 0
-            if spent <= 0 or (cuda and event.key.startswith(("aten::", "autograd::", "Optimizer", "cuda"))):
-                continue
-            name = event.key.lower()
-            kind = next((k for k, marks in KERNEL_KINDS if any(m in name for m in marks)), "other")
-            kinds[kind] = kinds.get(kind, 0.0) + spent / 2e3  # ms per step
-        out["ms_per_step_by_kind"] = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
         text = events.table(sort_by=attr, row_limit=30, max_name_column_width=90)
         (bench.out / f"profile_{size}_{compile_mode}.txt").write_text(text)
         out["top"] = text.splitlines()[:40]

@@ -36,4 +36,7 @@ def table(results: dict) -> str:
                          f"compile {profile.get('compile', 'off')} (ms): "
                          + (", ".join(f"{k} {v:.1f}" for k, v in profile.get("ms_per_step_by_kind", {}).items())
                             or profile.get("error", "")))
+            if "gpu_busy_ms_per_step" in profile:
+                lines.append(f"  GPU busy {profile['gpu_busy_ms_per_step']:.1f} of {profile['profiled_ms_per_step']:.1f} "
+                             f"ms per profiled step; allocator retries so far: {profile.get('alloc_retries')}")
     return "\n".join(lines + results["notes"])

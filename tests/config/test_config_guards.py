@@ -47,6 +47,14 @@ def test_bad_values_fail_at_load_naming_the_key(override: str, fragments: list[s
         assert fragment in str(err.value)
 
 
+def test_compile_with_zero3_is_refused_naming_both_keys() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(TEST_CONFIG, [MANIFEST, "model.compile=true", "train.zero_stage=3"])
+    assert "model.compile needs train.zero_stage 0, 1 or 2" in str(err.value)
+    assert "model.compile set in the command line; train.zero_stage set in the command line" in str(err.value)
+    assert load_config(TEST_CONFIG, [MANIFEST, "model.compile=true", "train.zero_stage=2"]).model.compile
+
+
 @pytest.mark.parametrize("override, key", [
     ("data.train=", "data.train[0].manifest"),
     ("model.init=", "model.init"),

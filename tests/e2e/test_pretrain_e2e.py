@@ -237,6 +237,19 @@ def test_export_of_a_two_rank_zero2_run(reference):
     assert any(k.startswith("decoder") for k in state) and "blocks.0.attn.qkv.weight" in trunk
 
 
+def test_compiled_blocks_train_like_the_reference_and_every_rank_exits(tmp_path, nohuman, reference):
+    """`model.compile` inside the DeepSpeed engine (ZeRO-2, 2 ranks, torch.compile's CPU backend):
+    the same losses as the uncompiled reference up to float reordering, and both ranks exit (they
+    used to wait forever after the last step for torch.compile's idle worker thread)."""
+    run_dir = tmp_path / "compiled"
+    done = run(deepspeed_cmd(*common_args(run_dir, nohuman, "model.compile=true")), timeout=480)
+    assert done.returncode == 0, done.stderr[-5000:]
+    got, want = losses(run_dir), losses(reference)
+    assert sorted(got) == sorted(want) == list(range(1, 9))
+    assert got == pytest.approx(want, rel=1e-3)
+    assert "recompile_limit" not in done.stderr  # every block ran compiled, none fell back
+
+
 def test_killed_save_keeps_the_previous_checkpoint_and_resume_is_exact(tmp_path, nohuman, reference):
     run_dir = tmp_path / "killed"
     cmd = deepspeed_cmd(*common_args(run_dir, nohuman))

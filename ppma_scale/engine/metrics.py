@@ -31,6 +31,20 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def allocator_retries(device: torch.device) -> int | None:
+    """How often PyTorch's CUDA caching allocator found no cached block that fit, freed its cache and
+    retried: each time synchronises the GPU, so a run near its memory limit slows down without
+    failing. None off CUDA."""
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.memory_stats(device).get("num_alloc_retries", 0))
+
+
+MEMORY_PRESSURE_HINT = ("the CUDA caching allocator had to free its cache and retry (each retry stalls the GPU): "
+                        "set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, or lower train.micro_batch, or "
+                        "checkpoint more blocks (model.act_checkpoint_every)")
+
+
 class ThroughputWindow:
     """Clips, optimizer steps, wall time and data-wait time since the last log line."""
 
@@ -117,6 +131,8 @@ def format_record(record: dict[str, Any], total_steps: int, eta_s: float | None)
         parts.append(f"MFU {100 * record['mfu']:.1f}%")
     parts.append(f"data {100 * record['data_wait']:.0f}%")
     parts.append(f"mem {record['peak_mem_gb']:.1f}G")
+    if record.get("alloc_retries_in_window"):
+        parts.append(f"alloc retries {record['alloc_retries_in_window']}")
     if record.get("skipped_samples"):
         parts.append(f"skipped {record['skipped_samples']}")
     if eta_s is not None:
@@ -238,7 +254,7 @@ class MetricsLogger:
             return
         self._append(EVENTS_FILE, {"event": name, "time": time.time(), **fields})
         if message:
-            self._print(message, sys.stderr if name in ("nonfinite", "error") else sys.stdout)
+            self._print(message, sys.stderr if name in ("nonfinite", "error", "memory_pressure") else sys.stdout)
 
     def _append(self, name: str, record: dict[str, Any]) -> None:
         with open(self.run_dir / name, "a") as handle:

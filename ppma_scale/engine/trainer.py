@@ -25,7 +25,8 @@ from .agreement import StopAgreed, agreed
 from .checkpoint import Checkpoint, CheckpointManager, capture_rng, restore_rng
 from .data_args import skipped_samples
 from .lr_schedule import WarmupCosine, apply_lr, peak_lr
-from .metrics import EVENTS_FILE, LossWindow, MetricsLogger, ThroughputWindow, peak_memory_gb, read_jsonl
+from .metrics import (EVENTS_FILE, MEMORY_PRESSURE_HINT, LossWindow, MetricsLogger, ThroughputWindow,
+                      allocator_retries, peak_memory_gb, read_jsonl)
 from .optimizer import build_optimizer, deepspeed_skips_nonfinite, optimizer_step_suppressed, plain_gradients_finite
 from .preflight import checked_resume_plan, ds_config_for, validate  # noqa: F401 - validate: this module's API too
 from .resume_guard import ResumePlan, past_end_message
@@ -142,6 +143,7 @@ class _Trainer:
         self.dist = distmod.init_distributed(cfg.train.dist_timeout_s)
         check_shared_run_dir(run_dir, self.dist)  # node-local --output would fail only at the first resume
         self.ckpts = CheckpointManager(run_dir / "checkpoints", self.dist, cfg.train.keep_last)
+        self._alloc_retries_seen, self._memory_pressure_told = 0, False
 
     # ---- set-up -------------------------------------------------------------------------------
     def _build_engine(self, ckpt: Checkpoint | None):
@@ -367,9 +369,23 @@ class _Trainer:
                   "peak_mem_gb": peak_memory_gb(dist.device), "skipped_steps": skipped_total,
                   "skipped_samples": skipped_samples(stats)}
         record.update({name: value for name, value in means.items() if name not in record})
+        self._note_allocator_retries(record, step, log)
         log.log(record)
         window.reset()
         losses.reset()
+
+    def _note_allocator_retries(self, record: dict, step: int, log: MetricsLogger) -> None:
+        """On CUDA: the allocator's retries so far and in this window, and one event the first time
+        they grow (this rank's count; rank 0 logs)."""
+        retries = allocator_retries(self.dist.device)
+        if retries is None:
+            return
+        before = self._alloc_retries_seen
+        record.update(alloc_retries=retries, alloc_retries_in_window=retries - before)
+        if retries > before and not self._memory_pressure_told:
+            log.event("memory_pressure", f"step {step}: {MEMORY_PRESSURE_HINT}", step=step, retries=retries)
+            self._memory_pressure_told = True
+        self._alloc_retries_seen = retries
 
     def _save(self, engine, stream, step: int, schedule: _Schedule, log: MetricsLogger) -> Checkpoint:
         rank_state = {"stream": stream.state_dict(), "rng": capture_rng(), "task": self.task.state_dict()}

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from ppma_scale.engine import metrics as metrics_module
-from ppma_scale.engine.metrics import EVENTS_FILE, METRICS_FILE, MetricsLogger, ThroughputWindow, format_record, peak_memory_gb
+from ppma_scale.engine.metrics import (EVENTS_FILE, METRICS_FILE, MetricsLogger, ThroughputWindow, allocator_retries,
+                                      format_record, peak_memory_gb)
 
 
 def test_window_rates(monkeypatch):
@@ -66,6 +67,11 @@ def test_format_and_memory():
                           "tflops_per_gpu": 100.0, "mfu": 0.4, "data_wait": 0.05, "peak_mem_gb": 2.0,
                           "skipped_samples": 2}, total_steps=9, eta_s=3725)
     assert "MFU 40.0%" in line and "skipped 2" in line and "eta 1:02:05" in line and "gnorm" not in line
+    assert "alloc retries" not in line
+    pressed = format_record({"step": 3, "loss": None, "lr": 1e-4, "clips_per_s": 9.5, "data_wait": 0.0,
+                             "peak_mem_gb": 70.0, "alloc_retries": 5, "alloc_retries_in_window": 2}, 9, None)
+    assert "mem 70.0G alloc retries 2" in pressed  # this window's, not the run's
+    assert allocator_retries(torch.device("cpu")) is None  # a CUDA allocator count only
     big = torch.ones(2**22)  # 16 MiB: the process's peak RSS is at least that
     assert 16 / 1024 < peak_memory_gb(torch.device("cpu")) < 64  # GiB, not KiB or bytes
     del big

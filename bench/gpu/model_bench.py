@@ -385,7 +385,6 @@ def profile_at(bench: Bench, size: str, batch: int, compile_mode: str) -> dict:
         out["ms_per_step_by_kind"] = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
         if cuda:
             out["gpu_busy_ms_per_step"] = busy_us(prof) / 2e3
-        if bench.device.type == "cuda":
             out["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries")
         events = prof.key_averages()
         attr = ("self_device_time_total" if hasattr(events[0], "self_device_time_total") else

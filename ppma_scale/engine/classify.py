@@ -26,7 +26,8 @@ from .dist import DistInfo
 from .evaluate import headline, run_evaluation, score_eval_batches
 from .param_groups import build_param_groups, no_weight_decay_names
 from .signals import StopRequest
-from .tasks import StepContext, Task, TrainStream, register_task
+from ..models.activations import ActivationBytes
+from .tasks import StepContext, Task, TrainStream, activation_element_bytes, register_task
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,13 @@ class ClassifyTask(Task):
         if self.cfg.model.average:
             return None  # the blend's cost is not a ViT's; MFU would mislead
         return flops_per_clip(model, trunk_trainable=not getattr(model, "frozen_encoder", False))
+
+    def activation_bytes(self, model: nn.Module) -> ActivationBytes | None:
+        from ..models.activations import activation_bytes
+        if self.cfg.model.average:
+            return None  # alpha's gradient runs through every source trunk's blend: not a ViT's count
+        return activation_bytes(model, activation_element_bytes(self.cfg),
+                                trunk_trainable=not getattr(model, "frozen_encoder", False))
 
     # ---- per step -----------------------------------------------------------------------------
     def loss(self, engine: nn.Module, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:

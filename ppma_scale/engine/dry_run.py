@@ -4,8 +4,9 @@ A job on a cluster waits in the queue for hours before its first line runs. The 
 check a launch makes before start-up (config, manifests, weights named by model.init, the resume
 checkpoint's files and recipe; see preflight.validate) on a login node, for the job size given, and
 prints the plan: the resume point, the model's size, the data, the global batch, the schedule in
-steps, the compute in FLOPs and GPU-hours at an assumed MFU, and the per-GPU memory of the model
-states under the chosen ZeRO stage. It starts no process group and writes nothing.
+steps, the compute in FLOPs and GPU-hours at an assumed MFU, and the per-GPU memory: the model states
+under the chosen ZeRO stage and the activations of one micro-batch (`models.activations`). It starts
+no process group and writes nothing.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Config
+from ..models.activations import MEASURED_PEAK_OVER_ESTIMATE, ActivationBytes
 from .resume_guard import ResumePlan
 from .tasks import Task
 
@@ -73,8 +75,8 @@ def _gib(n: float) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 1024 ** 2:.1f} MiB"
 
 
-def _model_lines(cfg: Config, task: Task) -> tuple[list[str], int, int, float | None]:
-    """The model lines, and its parameter count, trained parameter count and FLOPs per clip."""
+def _model_lines(cfg: Config, task: Task) -> tuple[list[str], int, int, float | None, ActivationBytes | None]:
+    """The model lines, its parameter count, trained parameter count, FLOPs and activation bytes per clip."""
     with torch.device("meta"):  # shapes only: a ViT-g costs no memory here
         model = task.architecture()
     params = sum(p.numel() for p in model.parameters())
@@ -99,12 +101,12 @@ def _model_lines(cfg: Config, task: Task) -> tuple[list[str], int, int, float | 
             blend = f"; model.average blends {k} such trunks (frozen), {alpha:,} blend weights learned"
         what = (f"{cfg.run.task}, ViT-{cfg.model.size.upper()} trunk {_millions(trunk)} + head "
                 f"{_millions(head)} parameters, {len(task.label_space())} classes; {shape}{blend}")
-    flops = task.flops_per_clip(model)
+    flops, activations = task.flops_per_clip(model), task.activation_bytes(model)
     every = cfg.model.act_checkpoint_every
     lines = [f"  model:    {what}", f"            {_millions(trainable)} trained"
              + (f"; activation checkpointing on every {every}{_ordinal(every)} block" if every > 1 else
                 "; activation checkpointing on every block" if every else "")]
-    return lines, params, trainable, flops
+    return lines, params, trainable, flops, activations
 
 
 def describe_run(cfg: Config, task: Task, plan: ResumePlan, world_size: int, mfu: float,
@@ -121,7 +123,7 @@ def describe_run(cfg: Config, task: Task, plan: ResumePlan, world_size: int, mfu
         lines += [f"            would move aside the damaged {path.name}: {reason}" for path, reason in plan.damaged]
         lines += [f"            would move aside the later {path.name}" for path in plan.abandoned]
         lines += [f"            config change: {change}" for change in plan.changes]
-    model_lines, params, trainable, flops = _model_lines(cfg, task)
+    model_lines, params, trainable, flops, activations = _model_lines(cfg, task)
     lines += model_lines
     samples = task.train_samples or []
     listed = ", ".join(f"{spec.name or spec.manifest} {n:,}" + (f" (weight {spec.weight:g})" if len(samples) > 1 else "")
@@ -156,5 +158,20 @@ def describe_run(cfg: Config, task: Task, plan: ResumePlan, world_size: int, mfu
                                train.offload_params)
     host = f", {_gib(states.host)} in host memory (offload)" if states.host else ""
     lines.append(f"  memory:   model states about {_gib(states.device)} per GPU{host} ({train.precision}, "
-                 f"ZeRO-{train.zero_stage} over {world_size} rank(s)); activations come on top")
+                 f"ZeRO-{train.zero_stage} over {world_size} rank(s))")
+    lines += _activation_lines(activations, train.micro_batch, views, states.device)
     return lines
+
+
+def _activation_lines(activations: ActivationBytes | None, micro_batch: int, views: int, states: float) -> list[str]:
+    """The activation memory of one forward batch per GPU, and the total with the model states."""
+    if activations is None:
+        return ["            activations not estimated (a blended trunk); they come on top"]
+    clips = micro_batch * views
+    batch = f"train.micro_batch {micro_batch} x {views} views = {clips} clips" if views > 1 else f"{clips} clips"
+    recompute = (f"; + {_gib(clips * activations.recompute)} while a checkpointed block is recomputed"
+                 if activations.recompute else "")
+    return [f"            activations about {_gib(clips * activations.saved)} per GPU ({batch} a forward, "
+            f"{_gib(activations.saved)} each{recompute})",
+            f"            = about {_gib(states + activations.peak(clips))} per GPU, plus working memory (an H100 "
+            f"ViT-L MAE step peaked at {MEASURED_PEAK_OVER_ESTIMATE:.2f}x this estimate)"]

@@ -26,9 +26,15 @@ import torch
 from torch import nn
 
 from ..config import Config, ConfigError
+from ..models.activations import ActivationBytes
 from .dist import DistInfo
 from .param_groups import build_param_groups, no_weight_decay_names
 from .signals import StopRequest
+
+
+def activation_element_bytes(cfg: Config) -> int:
+    """Bytes per activation element in training: 4 in fp32, 2 in bf16 / fp16."""
+    return 4 if cfg.train.precision == "fp32" else 2
 
 
 class TrainStream(Protocol):
@@ -156,6 +162,10 @@ class Task:
 
     def flops_per_clip(self, model: nn.Module) -> float | None:
         """Forward + backward FLOPs per clip, for TFLOP/s and MFU (None: not reported)."""
+        return None
+
+    def activation_bytes(self, model: nn.Module) -> ActivationBytes | None:
+        """Activation memory per clip in training, for the dry run's plan (None: not estimated)."""
         return None
 
     # ---- per step -----------------------------------------------------------------------------
@@ -297,6 +307,13 @@ class MAETask(Task):
         from ..models.flops import flops_per_clip
         return flops_per_clip(model, mask_ratio=self.cfg.mae.mask_ratio, mask_type=self.cfg.mae.mask_type,
                               decoder_mask_ratio=self.cfg.mae.decoder_mask_ratio)
+
+    def activation_bytes(self, model: nn.Module) -> ActivationBytes | None:
+        from ..models.activations import activation_bytes
+        from ..models.flops import mask_counts
+        mae = self.cfg.mae
+        visible, targets = mask_counts(tuple(model.encoder.grid), mae.mask_ratio, mae.decoder_mask_ratio, mae.mask_type)
+        return activation_bytes(model, activation_element_bytes(self.cfg), num_visible=visible, num_targets=targets)
 
     def loss(self, engine: nn.Module, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         from ..data.masking import make_masks

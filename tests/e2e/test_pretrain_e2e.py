@@ -185,6 +185,13 @@ def test_a_dry_run_plans_what_the_run_does_and_writes_nothing(reference, nohuman
     for rank in range(2):
         saved = (reference / "checkpoints" / "step_00000008" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
         assert planned <= saved.stat().st_size <= planned * 1.05 + 64 * 1024, (planned, saved.stat().st_size)
+    # activations: the count that tests/models/test_activations.py checks against autograd, for the
+    # forward batch this run had (2 clips a rank, fp32: this config's precision)
+    from ppma_scale.engine.dry_run import _gib
+    task = build_task(cfg)
+    with torch.device("meta"):
+        per_clip = task.activation_bytes(task.architecture()).saved
+    assert f"activations about {_gib(2 * per_clip)} per GPU (2 clips a forward, {_gib(per_clip)} each)" in fresh.stdout
 
     before = listing(reference)
     resumed = run(plain_cmd(*common_args(reference, nohuman, "train.max_steps=12"), "--dry-run", "--world-size", "4"))

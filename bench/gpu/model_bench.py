@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "bench" / "model"), str(REPO / "bench" / "gpu")]
 from eager_reference import EagerVideoMAE  # noqa: E402
 from last_block_check import BACKENDS, last_block_check  # noqa: E402
+from kernel_profile import summarise, top_table  # noqa: E402
 from report import table  # noqa: E402
 
 from ppma_scale.models import MAE, VideoViT, resolve_size, set_attention  # noqa: E402
@@ -312,43 +313,6 @@ def flex_rows(bench: Bench, qkv: tuple[torch.Tensor, ...], flops: int, shape_nam
     return rows
 
 
-KERNEL_KINDS = (("fused (compiled)", ("triton_",)),  # first: their names carry the aten ops they fused
-                ("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
-                ("gemm", ("gemm", "cutlass", "sm90_xmma", "nvjet", "matmul", "cublas")),
-                ("optimizer", ("adam",)), ("layer_norm", ("layer_norm", "layernorm")),
-                ("gather/sort", ("gather", "index", "scatter", "sort", "radix")),
-                ("reduce", ("reduce",)), ("copy/elementwise", ("elementwise", "copy", "cat", "gelu", "fill")))
-
-
-NOT_KERNELS = ("Command Buffer Full",)  # CUPTI overhead records (a stalled launch), not GPU work
-
-
-def device_events(prof) -> list:
-    """The profile's GPU-side events (kernels, copies, memsets), without CUPTI overhead records."""
-    from torch.autograd import DeviceType
-    return [e for e in prof.events() if e.device_type == DeviceType.CUDA and e.name not in NOT_KERNELS]
-
-
-def work_items(prof, cuda: bool) -> list[tuple[str, float]]:
-    """(name, microseconds) of each GPU event, or of each CPU op's self time on a CPU run. GPU events
-    are counted once: the CPU-side ops that launched them (aten::*, compiled-kernel launchers) are not."""
-    if cuda:
-        return [(e.name, e.time_range.elapsed_us()) for e in device_events(prof)]
-    return [(e.key, e.self_cpu_time_total) for e in prof.key_averages() if e.self_cpu_time_total > 0]
-
-
-def busy_us(prof) -> float:
-    """Microseconds in which at least one GPU event ran (the union of their intervals): the
-    profiled window minus this is time the GPU sat idle."""
-    spans = sorted((e.time_range.start, e.time_range.end) for e in device_events(prof))
-    total, end = 0.0, float("-inf")
-    for start, stop in spans:
-        if stop > end:
-            total += stop - max(start, end)
-            end = stop
-    return total
-
-
 def profile_step(bench: Bench, size: str, batch: int, compile_mode: str = "off") -> dict:
     """Kernel time of two ours-MAE steps at the timed batch (half that if the profiler's memory
     does not fit), grouped by kind, plus the top kernels (also $OUT/profile_<size>_<compile mode>.txt)."""
@@ -378,18 +342,10 @@ def profile_at(bench: Bench, size: str, batch: int, compile_mode: str) -> dict:
             step()
             bench.sync()
         out["profiled_ms_per_step"] = (time.perf_counter() - started) * 1e3 / 2
-        kinds: dict[str, float] = {}
-        for name, spent_us in work_items(prof, cuda):
-            kind = next((k for k, marks in KERNEL_KINDS if any(m in name.lower() for m in marks)), "other")
-            kinds[kind] = kinds.get(kind, 0.0) + spent_us / 2e3  # ms per step
-        out["ms_per_step_by_kind"] = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+        out.update(summarise(prof, cuda, steps=2))
         if cuda:
-            out["gpu_busy_ms_per_step"] = busy_us(prof) / 2e3
             out["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries")
-        events = prof.key_averages()
-        attr = ("self_device_time_total" if hasattr(events[0], "self_device_time_total") else
-                "self_cuda_time_total") if cuda else "self_cpu_time_total"
-        text = events.table(sort_by=attr, row_limit=30, max_name_column_width=90)
+        text = top_table(prof, cuda)
         (bench.out / f"profile_{size}_{compile_mode}.txt").write_text(text)
         out["top"] = text.splitlines()[:40]
     except Exception as exc:

@@ -168,6 +168,8 @@ def _activation_lines(activations: ActivationBytes | None, micro_batch: int, vie
     if activations is None:
         return ["            activations not estimated (a blended trunk); they come on top"]
     clips = micro_batch * views
+    if clips * activations.peak(1) < 2 ** 20:  # a frozen trunk: only the head keeps anything
+        return ["            activations under 1 MiB per GPU (only the head trains)"]
     batch = f"train.micro_batch {micro_batch} x {views} views = {clips} clips" if views > 1 else f"{clips} clips"
     recompute = (f"; + {_gib(clips * activations.recompute)} while a checkpointed block is recomputed"
                  if activations.recompute else "")

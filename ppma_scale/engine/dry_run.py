@@ -72,7 +72,9 @@ def _millions(n: int) -> str:
 
 
 def _gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 1024 ** 2:.1f} MiB"
+    if n >= GIB / 10:
+        return f"{n / GIB:.2f} GiB"
+    return f"{n / 1024 ** 2:.1f} MiB" if n >= 1024 ** 2 / 10 else f"{n / 1024:.1f} KiB"
 
 
 def _model_lines(cfg: Config, task: Task) -> tuple[list[str], int, int, float | None, ActivationBytes | None]:
@@ -168,8 +170,8 @@ def _activation_lines(activations: ActivationBytes | None, micro_batch: int, vie
     if activations is None:
         return ["            activations not estimated (a blended trunk); they come on top"]
     clips = micro_batch * views
-    if clips * activations.peak(1) < 2 ** 20:  # a frozen trunk: only the head keeps anything
-        return ["            activations under 1 MiB per GPU (only the head trains)"]
+    if activations.frozen_trunk:
+        return [f"            activations {_gib(activations.peak(clips))} per GPU (only the head trains)"]
     batch = f"train.micro_batch {micro_batch} x {views} views = {clips} clips" if views > 1 else f"{clips} clips"
     recompute = (f"; + {_gib(clips * activations.recompute)} while a checkpointed block is recomputed"
                  if activations.recompute else "")

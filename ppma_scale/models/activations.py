@@ -38,6 +38,7 @@ class ActivationBytes:
 
     saved: float
     recompute: float
+    frozen_trunk: bool = False  # only a head trains: the trunk runs without keeping anything
 
     def peak(self, clips: int) -> float:
         """Activation bytes at the start of the backward pass for a forward batch of `clips`."""
@@ -90,7 +91,7 @@ def activation_bytes(model: nn.Module, elem: int, num_visible: Optional[int] = N
     if isinstance(model, VideoClassifier):
         encoder = model.encoder
         if not (trunk_trainable and not model.frozen_encoder):
-            return ActivationBytes(2.0 * encoder.embed_dim * elem, 0.0)  # the head's input: the pooled features
+            return ActivationBytes(2.0 * encoder.embed_dim * elem, 0.0, frozen_trunk=True)  # the head's input
         kept, recompute = stack_bytes(encoder.blocks, encoder.num_patches, elem, encoder.act_checkpoint_every)
         clip = encoder.in_chans * encoder.num_patches * encoder.tubelet * encoder.patch_size ** 2
         return ActivationBytes(kept + clip * elem + 2.0 * encoder.embed_dim * elem, recompute)

@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError
+from ..models.activations import ActivationBytes
 from .agreement import agreed
 from .dist import DistInfo
 from .evaluate import headline, run_evaluation, score_eval_batches
 from .param_groups import build_param_groups, no_weight_decay_names
 from .signals import StopRequest
-from ..models.activations import ActivationBytes
-from .tasks import StepContext, Task, TrainStream, activation_element_bytes, register_task
+from .tasks import StepContext, Task, TrainStream, register_task
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,8 @@ class ClassifyTask(Task):
         from ..models.activations import activation_bytes
         if self.cfg.model.average:
             return None  # alpha's gradient runs through every source trunk's blend: not a ViT's count
-        return activation_bytes(model, activation_element_bytes(self.cfg),
+        from .ds_config import precision_bytes
+        return activation_bytes(model, precision_bytes(self.cfg.train.precision),
                                 trunk_trainable=not getattr(model, "frozen_encoder", False))
 
     # ---- per step -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import torch
 
 from ..config import Config
 from ..models.activations import MEASURED_PEAK_OVER_ESTIMATE, ActivationBytes
+from .ds_config import precision_bytes
 from .resume_guard import ResumePlan
 from .tasks import Task
 
@@ -45,7 +46,7 @@ def model_state_bytes(params: int, trainable: int, precision: str, zero_stage: i
     the optimizer state over the ranks, ZeRO-2 also the gradients, ZeRO-3 also the weights. Offload
     moves the optimizer state (and with offload_params the weights) to host memory. Activations,
     communication buckets and the allocator's slack are not included."""
-    low = 4 if precision == "fp32" else 2
+    low = precision_bytes(precision)
     weights, grads = float(low * params), float(low * trainable)
     master = precision != "fp32" or zero_stage in (1, 2) or offload != "none"
     optimizer = float((12 if master else 8) * trainable)

@@ -12,6 +12,11 @@ from typing import Any
 FP16_INITIAL_SCALE_POWER = 16
 FP16_SCALE_WINDOW = 1000
 PRECISIONS = ("bf16", "fp16", "fp32")
+
+
+def precision_bytes(precision: str) -> int:
+    """Bytes per weight, gradient or activation element in `precision` (train.precision)."""
+    return 4 if precision == "fp32" else 2
 OFFLOADS = ("none", "cpu")
 
 

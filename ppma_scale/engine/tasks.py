@@ -32,11 +32,6 @@ from .param_groups import build_param_groups, no_weight_decay_names
 from .signals import StopRequest
 
 
-def activation_element_bytes(cfg: Config) -> int:
-    """Bytes per activation element in training: 4 in fp32, 2 in bf16 / fp16."""
-    return 4 if cfg.train.precision == "fp32" else 2
-
-
 class TrainStream(Protocol):
     """What the trainer needs from a training data stream (ppma_scale.data's TrainStream is one)."""
 
@@ -310,10 +305,10 @@ class MAETask(Task):
 
     def activation_bytes(self, model: nn.Module) -> ActivationBytes | None:
         from ..models.activations import activation_bytes
-        from ..models.flops import mask_counts
+        from .ds_config import precision_bytes
         mae = self.cfg.mae
-        visible, targets = mask_counts(tuple(model.encoder.grid), mae.mask_ratio, mae.decoder_mask_ratio, mae.mask_type)
-        return activation_bytes(model, activation_element_bytes(self.cfg), num_visible=visible, num_targets=targets)
+        return activation_bytes(model, precision_bytes(self.cfg.train.precision), mask_ratio=mae.mask_ratio,
+                                decoder_mask_ratio=mae.decoder_mask_ratio, mask_type=mae.mask_type)
 
     def loss(self, engine: nn.Module, batch: dict[str, Any], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         from ..data.masking import make_masks

@@ -69,15 +69,21 @@ def stack_bytes(blocks: nn.ModuleList, tokens: int, elem: int, checkpoint_every:
     return kept, recompute
 
 
-def activation_bytes(model: nn.Module, elem: int, num_visible: Optional[int] = None,
+def activation_bytes(model: nn.Module, elem: int, mask_ratio: float = 0.0, decoder_mask_ratio: float = 0.0,
+                     mask_type: str = "random", num_visible: Optional[int] = None,
                      num_targets: Optional[int] = None, trunk_trainable: bool = True) -> ActivationBytes:
-    """Activation bytes per clip of an MAE (token counts from `flops.mask_counts`) or a VideoClassifier
-    in training, with `elem` bytes per activation element."""
+    """Activation bytes per clip of an MAE or a VideoClassifier in training, with `elem` bytes per
+    activation element. An MAE's token counts come from the ratios as in `flops.flops_per_clip`
+    (or `num_visible` / `num_targets`)."""
+    from ppma_scale.models.flops import mask_counts
     from ppma_scale.models.heads import VideoClassifier
     from ppma_scale.models.mae import MAE
 
     if isinstance(model, MAE):
         encoder = model.encoder
+        visible, targets = mask_counts(tuple(encoder.grid), mask_ratio, decoder_mask_ratio, mask_type)
+        num_visible = visible if num_visible is None else num_visible
+        num_targets = targets if num_targets is None else num_targets
         dim, dec_dim = encoder.embed_dim, model.decoder_embed.out_features
         pixels = model.decoder_pred.out_features
         enc_kept, enc_re = stack_bytes(encoder.blocks, num_visible, elem, encoder.act_checkpoint_every)
@@ -90,7 +96,7 @@ def activation_bytes(model: nn.Module, elem: int, num_visible: Optional[int] = N
         return ActivationBytes(enc_kept + dec_kept + extras, max(enc_re, dec_re))
     if isinstance(model, VideoClassifier):
         encoder = model.encoder
-        if not (trunk_trainable and not model.frozen_encoder):
+        if not trunk_trainable or model.frozen_encoder:
             return ActivationBytes(2.0 * encoder.embed_dim * elem, 0.0, frozen_trunk=True)  # the head's input
         kept, recompute = stack_bytes(encoder.blocks, encoder.num_patches, elem, encoder.act_checkpoint_every)
         clip = encoder.in_chans * encoder.num_patches * encoder.tubelet * encoder.patch_size ** 2

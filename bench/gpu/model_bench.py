@@ -38,6 +38,7 @@ from eager_reference import EagerVideoMAE  # noqa: E402
 from last_block_check import BACKENDS, last_block_check  # noqa: E402
 from kernel_profile import summarise, top_table  # noqa: E402
 from report import table  # noqa: E402
+from timm_split import use_timm_split  # noqa: E402
 
 from ppma_scale.models import MAE, VideoViT, resolve_size, set_attention  # noqa: E402
 from ppma_scale.models.flops import flops_per_clip, mask_counts, peak_tflops  # noqa: E402
@@ -86,10 +87,11 @@ COMPILE_MODES = {"off": False, "static": {"dynamic": False}, "dynamic": {"dynami
 
 def build(kind: str, size_name: str, frames: int, img: int, ckpt: bool, compile_mode: str = "off"):
     size = resolve_size(size_name)
-    if kind == "ours":
+    if kind.startswith("ours"):  # "ours-timm-split": the q/k/v split's baseline
         encoder = VideoViT(size, num_frames=frames, img_size=img, act_checkpoint_every=int(ckpt),
                            compile_blocks=COMPILE_MODES[compile_mode])
-        return MAE(encoder, decoder_depth=4)
+        model = MAE(encoder, decoder_depth=4)
+        return use_timm_split(model) if kind == "ours-timm-split" else model
     model = EagerVideoMAE(size.embed_dim, size.depth, size.num_heads, size.decoder_dim, size.decoder_heads,
                           num_frames=frames, img_size=img, patch=size.patch_size, mlp_ratio=size.mlp_ratio)
     model.checkpoint_blocks = ckpt
@@ -119,7 +121,7 @@ def make_step(bench: Bench, kind: str, model, batch: int, ratio: float, backend:
     """A closure running one training step on a fixed random batch."""
     dev = bench.device
     frames, img = bench.args.frames, bench.args.img
-    grid = model.encoder.grid if kind == "ours" else model.grid
+    grid = model.encoder.grid if kind.startswith("ours") else model.grid
     num_tokens = grid[0] * grid[1] * grid[2]
     visible, _ = mask_counts(grid, ratio)
     mask = torch.argsort(torch.rand(batch, num_tokens), dim=1) >= visible  # CPU: ours checks it sync-free
@@ -132,7 +134,7 @@ def make_step(bench: Bench, kind: str, model, batch: int, ratio: float, backend:
 
     def step() -> None:
         with context():
-            loss = model(video, mask)[0] if kind == "ours" else model(video, gpu_mask)
+            loss = model(video, mask)[0] if kind.startswith("ours") else model(video, gpu_mask)
             loss.backward()
         optimizer.step()
     return step
@@ -407,6 +409,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eager-batch", type=int, default=None, help="fixed micro-batch for the eager baseline")
     p.add_argument("--profile", action="store_true", help="kernel-time breakdown of an ours step (first size)")
     p.add_argument("--no-backends", dest="backends", action="store_false", help="skip the forced-SDPA-backend steps")
+    p.add_argument("--split-baseline", action="store_true", help="also time ours with timm's q/k/v split")
     p.add_argument("--batch", type=int, default=None, help="fixed micro-batch instead of the search")
     p.add_argument("--only-compile", choices=["static", "dynamic"], default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -441,6 +444,8 @@ def main(argv=None) -> None:
                 record(bench, run_config(bench, kind, size, ckpt, batch=batch))
     ours_l = next((r for r in bench.results["steps"] if r["model"] == "ours" and r["size"] == args.sizes[0]
                    and not r["ckpt"] and "clips_per_s" in r), {})
+    if args.split_baseline:
+        record(bench, run_config(bench, "ours-timm-split", args.sizes[0], False, batch=ours_l.get("batch")))
     for backend in ("flash", "cudnn", "efficient") if args.backends else ():
         record(bench, run_config(bench, "ours", args.sizes[0], False, backend=backend, batch=ours_l.get("batch")))
     if args.profile:

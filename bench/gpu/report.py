@@ -20,10 +20,10 @@ def table(results: dict) -> str:
     for r in results["sdpa"]:
         value = f"{r['ms']:8.2f} {r['tflops']:8.1f}" if "ms" in r else r["error"][:60]
         lines.append(f"{r['shape']:12} {','.join(map(str, r['bhnd'])):18} {r['backend']:9} {value}")
-    lines.append(f"\n{'model':6} {'size':4} {'ckpt':5} {'sdpa':9} {'compile':7} {'batch':>5} {'clips/s':>8} "
+    lines.append(f"\n{'model':15} {'size':4} {'ckpt':5} {'sdpa':9} {'compile':7} {'batch':>5} {'clips/s':>8} "
                  f"{'TFLOP/s':>8} {'MFU':>6} {'peak GB':>8} {'step ms':>8}")
     for r in results["steps"]:
-        head = f"{r['model']:6} {r['size']:4} {str(r['ckpt']):5} {r['backend']:9} {str(r['compile']):7}"
+        head = f"{r['model']:15} {r['size']:4} {str(r['ckpt']):5} {r['backend']:9} {str(r['compile']):7}"
         if "error" in r:
             lines.append(f"{head} {r['error'][:80]}")
         else:

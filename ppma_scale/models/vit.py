@@ -5,8 +5,9 @@
   so 90% masking skips 90% of the embedding work.
 - `run_blocks(..., keep_last=M)` lets the last block compute only the last M tokens' outputs
   (the MAE decoder needs only the reconstructed tokens).
-- Attention is timm's `Attention`, pinned to `F.scaled_dot_product_attention` (flash / efficient /
-  cuDNN kernels on GPU); `set_attention(model, "math")` switches to the explicit q@k^T softmax
+- Attention is timm's `Attention` (`VideoAttention`: q, k, v split along the packed axis, for a
+  cheaper backward), pinned to `F.scaled_dot_product_attention` (flash / efficient / cuDNN kernels
+  on GPU); `set_attention(model, "math")` switches to the explicit q@k^T softmax
   formula for equivalence tests and baselines.
 - Activation checkpointing (non-reentrant) on every k-th block; `torch.compile` of the blocks is
   opt-in (`Module.compile` keeps the state-dict keys unchanged).
@@ -79,17 +80,48 @@ class PatchEmbed(nn.Module):
         return self.proj(video, index)
 
 
+class VideoAttention(Attention):
+    """timm's `Attention` (same submodules and keys) that splits q, k, v along the packed axis and
+    can take queries from the last `keep_last` tokens only.
+
+    timm splits `qkv` as (3, B, H, N, D) with a permute; the backward of that split stacks the three
+    gradients and then copies them back into the (B, N, 3, H, D) order of the projection. Splitting
+    along the packed axis and transposing gives q, k, v with the same strides, and a backward that
+    writes the gradients straight into that order: one copy per block fewer, the same values.
+    """
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
+                keep_last: Optional[int] = None) -> torch.Tensor:
+        if self.gate is not None or attn_mask is not None or is_causal:  # variants not written out here
+            out = super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+            return out if keep_last is None else out[:, -keep_last:]
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).unbind(2)  # (B, N, H, D)
+        if keep_last is not None:
+            q = q[:, -keep_last:]
+        q, k, v = self.q_norm(q.transpose(1, 2)), self.k_norm(k.transpose(1, 2)), v.transpose(1, 2)
+        if self.fused_attn:
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        else:
+            o = self.attn_drop(((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
+        o = self.norm(o.transpose(1, 2).reshape(b, q.shape[2], self.attn_dim))
+        return self.proj_drop(self.proj(o))
+
+
 class VideoBlock(Block):
     """timm's pre-norm `Block` whose forward can also compute only the last `keep_last` tokens.
 
-    One forward for both paths, so `Module.compile` of a block covers the MAE decoder's last block
-    too (a free function called on the block would run uncompiled).
+    With `keep_last`, every token is still a key and a value, but only the kept ones are queries
+    and go through the projection and the MLP: the MAE decoder's last block needs only the
+    reconstructed tokens (~10% of that block's work saved at 90% masking). One forward for both
+    paths, so `Module.compile` of a block covers that last block too; submodules are called (not
+    their weights), so ZeRO-3 still gathers each one's parameters.
     """
 
     def forward(self, x: torch.Tensor, keep_last: Optional[int] = None) -> torch.Tensor:
-        if keep_last is None:
-            return super().forward(x)
-        return block_on_last_tokens(self, x, keep_last)
+        h = self.attn(self.norm1(x), keep_last=keep_last)
+        x = (x if keep_last is None else x[:, -keep_last:]) + self.drop_path1(self.ls1(h))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
 def make_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, qkv_bias: bool,
@@ -97,7 +129,8 @@ def make_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, qkv_bias
     """Pre-norm transformer blocks (`VideoBlock`) with a linear stochastic-depth ramp."""
     rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
     blocks = [VideoBlock(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                         init_values=layer_scale, drop_path=rate, norm_layer=partial(nn.LayerNorm, eps=LN_EPS))
+                         init_values=layer_scale, drop_path=rate, norm_layer=partial(nn.LayerNorm, eps=LN_EPS),
+                         attn_layer=VideoAttention)
               for rate in rates]
     for block in blocks:
         block.attn.fused_attn = True  # SDPA regardless of timm's global setting
@@ -122,7 +155,7 @@ def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpoint_every: int,
     """Apply `blocks`, checkpointing every k-th one (non-reentrant) when gradients are on.
 
     With `keep_last`, only the last `keep_last` tokens of the output are wanted: the final block
-    computes just those (`block_on_last_tokens`), and the result has `keep_last` tokens.
+    computes just those (`VideoBlock`), and the result has `keep_last` tokens.
     """
     use_ckpt = checkpoint_every > 0 and torch.is_grad_enabled()
     last = len(blocks) - 1
@@ -133,30 +166,6 @@ def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpoint_every: int,
         else:
             x = block(x, keep)
     return x
-
-
-def block_on_last_tokens(block: Block, x: torch.Tensor, keep: int) -> torch.Tensor:
-    """`block(x)[:, -keep:]` without the other tokens' outputs: every token is still a key and a
-    value, but only the kept ones are queries and go through the projection and the MLP.
-
-    The MAE decoder's last block needs only the reconstructed tokens; this saves the rest of its
-    work (the visible tokens' share, ~10% of that block at 90% masking). Calls the block's
-    submodules, not their weights, so ZeRO-3 still gathers each one's parameters.
-    """
-    attn = block.attn
-    if getattr(attn, "gate", None) is not None:  # a timm attention variant not written out here
-        return Block.forward(block, x)[:, -keep:]
-    b, n, _ = x.shape
-    qkv = attn.qkv(block.norm1(x)).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q[:, :, -keep:]), attn.k_norm(k)
-    if attn.fused_attn:
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
-    else:
-        o = attn.attn_drop(((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
-    o = getattr(attn, "norm", nn.Identity())(o.transpose(1, 2).reshape(b, keep, -1))
-    y = x[:, -keep:] + block.drop_path1(block.ls1(attn.proj_drop(attn.proj(o))))
-    return y + block.drop_path2(block.ls2(block.mlp(block.norm2(y))))
 
 
 def set_attention(model: nn.Module, impl: str) -> None:

@@ -2,6 +2,10 @@
 decoder masking, mask validation, and that it learns."""
 from __future__ import annotations
 
+import copy
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -181,3 +185,22 @@ def test_compiling_covers_the_decoder_and_its_last_token_block(make_encoder, vid
         torch.testing.assert_close(grad, results[1][1][name], atol=1e-5, rtol=1e-4, msg=name)
     outputs = {shape for graph in graphs for shape in graph}
     assert {(2, 8, 48), (2, 32, 32), (2, 24, 32)} <= outputs  # encoder, decoder, last block on the 24 targets
+
+
+def test_gpu_bench_split_baseline_is_the_same_model(small_mae, video, make_masks):
+    """bench/gpu's "ours-timm-split" row (timm's q/k/v split put back) computes the same loss and
+    gradients as ours, so its time against ours is the split's cost alone."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "gpu"))
+    from timm_split import use_timm_split
+
+    baseline = copy.deepcopy(small_mae)
+    use_timm_split(baseline)
+    mask = make_masks(2, 32, 24)
+    results = []
+    for model in (small_mae, baseline):
+        loss, _ = model(video, mask)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(grad, results[1][1][name]) for name, grad in results[0][1].items())
+    assert baseline.decoder_blocks[-1].attn.forward.__func__.__name__ == "timm_split_forward"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from timm.models.vision_transformer import Attention
 from timm.optim import param_groups_layer_decay
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.models.videomae.modeling_videomae import get_sinusoid_encoding_table
 
 from ppma_scale.models import pos_embed as pe
 from ppma_scale.models import resolve_size, set_attention
-from ppma_scale.models.vit import VideoViT, gather_tokens, run_blocks
+from ppma_scale.models.vit import VideoAttention, VideoViT, gather_tokens, run_blocks
 
 
 def forward_backward(model, video, visible_idx=None):
@@ -112,6 +114,46 @@ def test_last_block_on_kept_tokens_equals_full_blocks_then_slice(make_encoder, i
     kept, full = run(5), run(None)
     assert kept[0].shape == (2, 5, 48)
     assert_same(kept, full, atol=2e-6)
+
+
+class AtenOps(TorchDispatchMode):
+    """Names of the aten ops run while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "math"])
+def test_packed_axis_split_equals_timm_attention_with_one_copy_fewer_in_backward(impl):
+    """VideoAttention vs timm's Attention with the same weights: identical outputs and gradients,
+    and its backward moves the q/k/v gradients once (one stack), where timm's stacks and then copies."""
+    torch.manual_seed(0)
+    ours = VideoAttention(48, num_heads=4, qkv_bias=True)
+    timm_attn = Attention(48, num_heads=4, qkv_bias=True)
+    timm_attn.load_state_dict(ours.state_dict())
+    for module in (ours, timm_attn):
+        module.fused_attn = impl == "sdpa"
+    x = torch.randn(2, 12, 48)
+
+    def run(module):
+        inp = x.clone().requires_grad_()
+        out = module(inp)
+        ops = AtenOps()
+        with ops:
+            (out.square().mean() + out.mean()).backward()
+        data_moves = [n for n in ops.names if n in ("cat", "stack", "clone", "copy_")]
+        return out.detach(), inp.grad, {n: p.grad for n, p in module.named_parameters()}, data_moves
+
+    out_a, gx_a, grads_a, moves_a = run(ours)
+    out_b, gx_b, grads_b, moves_b = run(timm_attn)
+    assert torch.equal(out_a, out_b) and torch.equal(gx_a, gx_b)
+    assert all(torch.equal(grads_a[n], grads_b[n]) for n in grads_b)
+    assert len(moves_a) == len(moves_b) - 1, (moves_a, moves_b)
 
 
 def test_layer_scale_and_qkv_bias_options(make_encoder, video):

@@ -81,6 +81,12 @@ def decode_pyav(data: bytes, indices: np.ndarray, threads: int = 1, counts: dict
     if not frames:
         raise DecodeError("no frame decoded")
     known = np.array(sorted(frames))
+    first = frames[int(known[0])].shape
+    changed = next((int(i) for i in known if frames[int(i)].shape != first), None)
+    if changed is not None:  # legal in H.264/VP9 streams, and seen in damaged VP9 keyframes
+        size = frames[changed].shape
+        raise DecodeError(f"the frame size changes from {first[1]}x{first[0]} to {size[1]}x{size[0]} "
+                          f"at frame {changed}; re-encode the video at one size")
     # frames past the end of a short video repeat the clip's last frame; a gap repeats the frame before it
     pick = known[np.maximum(np.searchsorted(known, indices, side="right") - 1, 0)]
     return np.stack([frames[int(i)] for i in pick])

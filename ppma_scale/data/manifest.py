@@ -103,6 +103,12 @@ def load_manifest(path: str | Path) -> Manifest:
         shards = [ShardInfo(**s) for s in data["shards"]]
     except TypeError as exc:
         raise ValueError(f"shard manifest {path} has a malformed shard entry: {exc}") from None
+    for i, shard in enumerate(shards):
+        for key in ("samples", "bytes"):
+            value = getattr(shard, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"shard manifest {path}: shards[{i}] ({shard.url}) has {key} {value!r}; "
+                                 "expected a whole number >= 0")
     return Manifest(
         dataset=data["dataset"],
         classes=list(data["classes"]),

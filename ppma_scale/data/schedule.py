@@ -100,6 +100,8 @@ def default_steps(sizes: Sequence[int], layout: Layout) -> int:
 def steps_per_epoch(sizes: Sequence[int], layout: Layout, override: int | None = None) -> int:
     """Batches per rank per epoch of a training stream: `override` (train.steps_per_epoch) if given,
     else `default_steps`. The stream and the launch's dry run both count by this."""
+    if override is not None and override < 1:
+        raise ValueError(f"train.steps_per_epoch must be >= 1 (or null: from the manifests), got {override}")
     return override if override is not None else default_steps(sizes, layout)
 
 

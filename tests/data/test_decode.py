@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -121,3 +122,37 @@ def test_decoding_in_the_main_process_keeps_the_stream(make_shards):
     assert main.stats()["failed"][0]["key"] == "v_0005"  # caught by the workers' container probe
     with pytest.raises(ValueError, match="randaugment"):
         build_train_stream([manifest], decode_in_main=True, randaugment="rand-m7-n4", **args)
+
+
+def h264_changing_size(first: np.ndarray, second: np.ndarray) -> bytes:
+    """An mp4 whose H.264 stream changes frame size at a keyframe (legal: a new SPS), as a copy-mode
+    remux keeps it: two raw streams back to back, muxed without re-encoding."""
+    raw = b""
+    for frames in (first, second):
+        buf = io.BytesIO()
+        with av.open(buf, "w", format="h264") as out:
+            stream = out.add_stream("libx264", rate=int(FPS))
+            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+            stream.options = {"x264-params": "keyint=4:bframes=0:scenecut=0"}
+            for frame in frames:
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            out.mux(stream.encode())
+        raw += buf.getvalue()
+    mp4 = io.BytesIO()
+    with av.open(io.BytesIO(raw), format="h264") as src, av.open(mp4, "w", format="mp4") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        packets = [p for p in src.demux(video=0) if p.size]
+        for n, packet in enumerate(packets):
+            packet.stream, packet.time_base, packet.pts, packet.dts, packet.duration = stream, Fraction(1, int(FPS)), n, n, 1
+            dst.mux(packet)
+    return mp4.getvalue()
+
+
+def test_a_frame_size_change_inside_a_clip_is_a_decode_error_not_a_crash():
+    data = h264_changing_size(moving_frames(12, 32, 48, 0), moving_frames(12, 48, 64, 1))
+    assert decode_pyav(data, np.arange(0, 8)).shape == (8, 32, 48, 3)  # before the change: fine
+    assert decode_pyav(data, np.arange(14, 20)).shape == (6, 48, 64, 3)  # after it: fine too
+    with pytest.raises(DecodeError, match=r"frame size changes from 48x32 to 64x48 at frame 12"):
+        decode_pyav(data, np.arange(8, 16))
+    results = PyAVDecoder().decode([EncodedClip(data, np.arange(8, 16))])
+    assert isinstance(results[0], DecodeError)  # counted and skipped by the stream, as any bad clip

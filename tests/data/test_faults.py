@@ -2,7 +2,9 @@
 URL forms: brace patterns, `pipe:` only when allowed."""
 from __future__ import annotations
 
+import json
 import logging
+import re
 import tarfile
 
 import pytest
@@ -143,3 +145,13 @@ def test_user_errors_name_the_setting(make_shards):
         stream([manifest], crop="square")
     with pytest.raises(ValueError, match="give each entry a distinct"):
         stream([manifest, manifest])
+
+
+def test_a_hand_written_manifest_with_bad_counts_is_named(make_shards):
+    manifest_path = make_shards("a", [3, 3])
+    data = json.loads(manifest_path.read_text())
+    for bad in ("4", -1, 2.5, None):
+        data["shards"][1]["samples"] = bad
+        manifest_path.write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=rf"shards\[1\] \(a-0001.tar\) has samples {re.escape(repr(bad))}"):
+            load_manifest(manifest_path)

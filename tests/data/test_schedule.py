@@ -4,11 +4,13 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ppma_scale.data.schedule import (DatasetPasses, Layout, apportion, continue_plan, default_steps, make_plan,
-                                      next_plan, quotas, segment_order, slot_datasets, worker_steps)
+                                      next_plan, quotas, segment_order, slot_datasets, steps_per_epoch,
+                                      worker_steps)
 
 SEED = 3
 
@@ -131,3 +133,11 @@ def test_shard_orders_differ_between_passes_but_not_between_calls():
     assert first != second
     assert first == [DatasetPasses([5] * 8, seed=SEED, dataset=0).locate(p)[0] for p in range(0, 40, 5)]
     assert np.all(np.diff([passes.locate(p)[1] for p in range(5)]) == 1)  # in-shard order kept
+
+
+def test_a_steps_per_epoch_override_below_one_is_named():
+    layout = Layout(world_size=2, workers=1, batch=2)
+    assert steps_per_epoch([10], layout, 3) == 3
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match=f"train.steps_per_epoch must be >= 1.*got {bad}"):
+            steps_per_epoch([10], layout, bad)

@@ -90,18 +90,26 @@ def encode_in_order(items: Iterable[SourceItem], settings: EncodeSettings, worke
                 item = next(remaining, None)
                 if item is None:
                     break
-                pending.append((item, pool.submit(encode, item, settings)))
+                try:
+                    future = pool.submit(encode, item, settings)
+                except BrokenProcessPool:  # a worker died since the last result: replay from here
+                    future = None
+                pending.append((item, future))
+                if future is None:
+                    break
             if not pending:
                 return
             item, future = pending[0]
             try:
+                if future is None:
+                    raise BrokenProcessPool("a worker died before this item was handed out")
                 result = future.result()
             except BrokenProcessPool:
                 pool.shutdown(cancel_futures=True)
                 replay = list(pending)
                 pending.clear()
                 for lost, done in replay:  # keep what finished before the crash, redo the rest one by one
-                    finished = done.done() and not done.cancelled() and done.exception() is None
+                    finished = done is not None and done.done() and not done.cancelled() and done.exception() is None
                     yield done.result() if finished else _encode_isolated(lost, settings, encode)
                 pool = _pool(workers)
                 continue

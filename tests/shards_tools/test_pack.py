@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from pathlib import Path
 
 import av
 import pytest
@@ -18,7 +19,7 @@ from shards_tools import pack as pack_module
 from shards_tools.inputs import SourceItem
 from shards_tools.journal import Journal
 from shards_tools.pack import pack, parse_size, sample_key
-from shards_tools.parallel import CRASH_REASON, encode_in_order, encode_item
+from shards_tools.parallel import CRASH_REASON, ItemResult, encode_in_order, encode_item
 from shards_tools.synth import render_corpus
 from shards_tools.tario import iter_samples
 from shards_tools.transcode import EncodeSettings
@@ -183,6 +184,26 @@ def test_a_worker_crash_rejects_that_input_only(tmp_path):
     assert [r.item.index for r in results] == list(range(len(items)))
     assert [r.reason for r in results].count(CRASH_REASON) == 1 and results[1].reason == CRASH_REASON
     assert all(r.data for i, r in enumerate(results) if i != 1)
+
+
+def _crash_on_third_quickly(item: SourceItem, settings: EncodeSettings):
+    if item.index == 3:
+        time.sleep(0.1)
+        os._exit(9)
+    return ItemResult(item, b"x", {"frames": 1})
+
+
+def test_a_worker_crash_while_the_packer_is_busy_rejects_that_input_only():
+    """The pool breaks while the consumer is closing a shard (no result being awaited): the next
+    hand-out fails, and that must be replayed like a crash seen in a result."""
+    items = [SourceItem(i, Path(f"/nowhere/{i}.mp4"), f"{i}.mp4", 0) for i in range(12)]
+    results = []
+    for result in encode_in_order(items, EncodeSettings(), workers=2, window_per_worker=2,
+                                  encode=_crash_on_third_quickly):
+        results.append(result)
+        time.sleep(0.25)  # fsync + sha256 of a closed shard
+    assert [r.item.index for r in results] == list(range(12))
+    assert [i for i, r in enumerate(results) if r.reason == CRASH_REASON] == [3]
 
 
 def test_cli_exit_codes_and_messages(tmp_path, capsys):

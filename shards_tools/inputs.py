@@ -28,10 +28,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ppma_scale.data.manifest import name_some
+
 FORMATS = ("auto", "split", "csv", "folders")
 ENCODING = "utf-8-sig"  # UTF-8; a leading byte-order mark (Excel's "CSV UTF-8") is dropped, not read as text
 STRAY_REASON = ("not in a class folder: a file beside the class folders has no label "
                 "(move it into the folder of its class)")
+NON_UTF8_REASON = "the file name is not valid UTF-8 (shown with \\xNN escapes): rename it to pack it"
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,16 @@ class _Duplicates:
             reason += (f"; the two listings disagree on its label: {_label_text(first_label, names)} on line "
                        f"{first_number}, {_label_text(label, names)} on line {number}")
         return reason
+
+
+def printable_name(name: str) -> str:
+    """`name` as listed, with bytes that are not UTF-8 (surrogate-escaped by the OS layer) shown as
+    \\xNN: such a name cannot be written to the manifest or the journal as it is."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _read_split(path: Path, root: Path, names: list[str] | None) -> tuple[list[SourceItem], list[str]]:
@@ -226,6 +239,10 @@ def _read_folders(root: Path, names: list[str] | None,
     inside = exclude is not None and root.resolve() in exclude.parents  # else no entry can be it
     entries = [p for p in root.iterdir() if not p.name.startswith(".") and not (inside and _is_excluded(p, exclude))]
     folders = sorted(p.name for p in entries if p.is_dir())
+    misnamed = [printable_name(f) for f in folders if printable_name(f) != f]
+    if misnamed:
+        raise ValueError(f"{root}: class folder names must be valid UTF-8 (they become class names); "
+                         f"rename {name_some(misnamed)}")
     if not folders:
         raise ValueError(f"{root}: expected one sub-folder per class, found none")
     if names is None:
@@ -241,10 +258,12 @@ def _read_folders(root: Path, names: list[str] | None,
                 continue  # every other entry is a clip: a stray file is rejected with its reason, not hidden
             if holds_output and _is_excluded(clip, exclude):
                 continue  # the pack's output (or the folders holding only it) inside a class folder
-            rel = f"{name}/{clip.name}"
-            items.append(SourceItem(len(items), clip, rel, names.index(name)))
+            shown = printable_name(clip.name)
+            reason = None if shown == clip.name else NON_UTF8_REASON
+            items.append(SourceItem(len(items), clip, f"{name}/{shown}", names.index(name), reason))
     for stray in sorted(p for p in entries if not p.is_dir()):
-        items.append(SourceItem(len(items), stray, stray.name, -1, STRAY_REASON))  # listed, never dropped silently
+        # listed, never dropped silently
+        items.append(SourceItem(len(items), stray, printable_name(stray.name), -1, STRAY_REASON))
     return items, names
 
 

@@ -140,8 +140,9 @@ def _natural_key(name: str) -> list:
 class _ClipEncoder:
     """Shared tail of both source kinds: resample, rotate, scale, encode, and describe the result."""
 
-    def __init__(self, settings: EncodeSettings, source_fps: float):
+    def __init__(self, settings: EncodeSettings, source_fps: float, pixel_aspect: float = 1.0):
         self.settings = settings
+        self.pixel_aspect = pixel_aspect  # stored pixel width / height (anamorphic sources: DV, DVD, HDV)
         self.fps = float(settings.fps or source_fps)
         max_slots = None if settings.max_duration is None else max(1, int(math.floor(settings.max_duration * self.fps + 1e-6)))
         self.resampler = FrameRateResampler(self.fps, source_fps, max_slots)
@@ -156,6 +157,7 @@ class _ClipEncoder:
         self.rotation = int(getattr(frame, "rotation", 0) or 0)
         width, height = frame.width, frame.height
         self.source_size = (width, height)
+        width = max(1, int(round(width * self.pixel_aspect)))  # as displayed: square pixels out
         if int(round(self.rotation / 90)) % 2:
             width, height = height, width
         out_w, out_h = output_size(width, height, self.settings.short_side, self.settings.upscale)
@@ -185,9 +187,15 @@ class _ClipEncoder:
             self._write(source)
 
     def _write(self, frame: av.VideoFrame) -> None:
-        frame = _rotate(frame, self.rotation)
-        self.writer.write(frame.reformat(width=self.writer.width, height=self.writer.height, format=PIX_FMT,
-                                         interpolation="AREA"))
+        source_size = f"{frame.width}x{frame.height}"
+        frame = _rotate(frame, self.rotation).reformat(width=self.writer.width, height=self.writer.height,
+                                                        format=PIX_FMT, interpolation="AREA")
+        try:
+            self.writer.write(frame)
+        except (av.error.FFmpegError, ValueError) as exc:  # the source decoded fine: the output is the problem
+            self.writer.abort()
+            raise Rejected(f"cannot encode {self.settings.codec} at {self.writer.width}x{self.writer.height} "
+                           f"(from a {source_size} source): {exc}") from None
 
     def finish(self, source_fps: float) -> tuple[bytes, dict[str, Any]]:
         if self.writer is None:
@@ -207,6 +215,8 @@ class _ClipEncoder:
                 "duration": frames / self.fps, "codec": self.settings.codec, "source_width": self.source_size[0],
                 "source_height": self.source_size[1], "source_fps": round(float(source_fps), 4),
                 "rotation": self.rotation, "vfr": vfr, "copied": False}
+        if self.pixel_aspect != 1.0:
+            meta["source_pixel_aspect"] = round(self.pixel_aspect, 4)
         return data, meta
 
 
@@ -235,19 +245,53 @@ def _stream_fps(stream: av.video.stream.VideoStream) -> float | None:
     return None
 
 
-def _declared_duration(container: av.container.InputContainer, stream) -> float | None:
-    """The video's length as the container states it (None if unknown). The container-wide duration
-    only counts when video is the sole stream: a longer audio track must not read as truncation."""
+def _declared_duration(container: av.container.InputContainer, stream) -> tuple[float, bool] | None:
+    """(seconds, counted from time 0) of the video as the container states it; None if unknown.
+
+    MP4/MOV give the stream's own length (a span). Matroska/WebM give an end time measured from 0
+    (the segment duration, also in the per-stream DURATION tag), so a clip whose timestamps start
+    at 10 s declares 14 s for 4 s of video; the tag is there with an audio track too. Otherwise
+    the container-wide duration counts only when video is the sole stream: a longer audio track
+    must not read as truncation.
+    """
     if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
+        return float(stream.duration * stream.time_base), False
+    from_zero = "matroska" in (container.format.name or "")
+    tag = _tag_seconds(stream.metadata.get("DURATION") or stream.metadata.get("duration"))
+    if from_zero and tag:
+        return tag, True
     if container.duration and len(container.streams) == 1:
-        return container.duration / 1e6
+        return container.duration / 1e6, from_zero
     return None
+
+
+def _tag_seconds(text: str | None) -> float | None:
+    """'00:00:08.000000000' (Matroska's DURATION tag) -> 8.0; None if absent or unreadable."""
+    match = re.fullmatch(r"(\d+):(\d{2}):(\d{2}(?:\.\d*)?)", (text or "").strip())
+    if not match:
+        return None
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def _decoded_length(declared: tuple[float, bool], first: float, last: float, fps: float) -> float:
+    """What the decoded frames cover, measured as `declared` is: a span, or an end time from 0."""
+    return last + 1.0 / fps if declared[1] else last - first + 1.0 / fps
+
+
+def _truncated(declared: tuple[float, bool] | None, decoded: float, fps: float) -> bool:
+    return bool(declared) and decoded < 0.9 * declared[0] - 2.0 / fps
+
+
+def _pixel_aspect(stream) -> float:
+    """The stream's sample aspect ratio (1.0 when unset or invalid)."""
+    ratio = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    return float(ratio) if ratio and 0.1 < float(ratio) < 10 else 1.0
 
 
 def _can_copy(stream, settings: EncodeSettings, source_fps: float) -> bool:
     ctx = stream.codec_context
-    return (ctx.name == settings.codec and ctx.pix_fmt == PIX_FMT and ctx.width % 2 == 0 and ctx.height % 2 == 0
+    return (ctx.name == settings.codec and _pixel_aspect(stream) == 1.0 and ctx.pix_fmt == PIX_FMT and ctx.width % 2 == 0 and ctx.height % 2 == 0
             and min(ctx.width, ctx.height) <= settings.short_side and settings.max_duration is None
             and (settings.fps is None or abs(settings.fps - source_fps) < 1e-3))
 
@@ -275,6 +319,8 @@ def _remux(path: Path, settings: EncodeSettings, source_fps: float) -> tuple[byt
             for packet in container.demux(stream):
                 if packet.dts is None:
                     continue
+                if packet.is_discard or (not times and not packet.is_keyframe):
+                    return None  # an edit-list cut (hidden lead-in frames): copied, the count would be wrong
                 if packet.is_keyframe:
                     keyframes.append(len(times))
                 times.append(float(packet.pts * packet.time_base) if packet.pts is not None else len(times) / source_fps)
@@ -285,8 +331,9 @@ def _remux(path: Path, settings: EncodeSettings, source_fps: float) -> tuple[byt
     intervals = np.diff(sorted(times))
     if len(intervals) > 1 and (intervals.min() <= 0 or intervals.max() / intervals.min() > 1.5):
         return None  # variable frame rate: re-encode at a constant one
-    if declared and len(times) / source_fps < 0.9 * declared - 2.0 / source_fps:
-        return None  # fewer packets than declared: let the decoder judge the damage
+    if times and (min(times) < 0 or _truncated(declared, _decoded_length(declared, min(times), max(times),
+                                                                        source_fps), source_fps)):
+        return None  # hidden frames, or fewer packets than declared: let the decoder judge
     if max(np.diff([*keyframes, len(times)]), default=len(times) + 1) > settings.gop:
         return None  # keyframes sparser than --gop: every clip read would decode that much further
     if len(times) < settings.min_frames:
@@ -316,7 +363,7 @@ def _encode_video_file(path: Path, settings: EncodeSettings) -> tuple[bytes, dic
             copied = _remux(path, settings, source_fps)
             if copied is not None:
                 return copied[0], {**copied[1], **info}
-        encoder = _ClipEncoder(settings, source_fps)
+        encoder = _ClipEncoder(settings, source_fps, _pixel_aspect(stream))
         try:
             for index, frame in enumerate(container.decode(stream)):
                 time = frame.time if frame.time is not None else index / source_fps
@@ -327,10 +374,12 @@ def _encode_video_file(path: Path, settings: EncodeSettings) -> tuple[bytes, dic
             raise Rejected(f"decode error after {len(encoder.times)} frame(s) (truncated or corrupt): {exc}") from None
         declared = _declared_duration(container, stream)
         if not encoder.resampler.done() and declared and encoder.times:
-            decoded = encoder.times[-1] - encoder.times[0] + 1.0 / source_fps
-            if decoded < 0.9 * declared - 2.0 / source_fps:
-                raise Rejected(f"truncated: only {decoded:.2f} s of the {declared:.2f} s the container "
-                               f"declares could be decoded ({len(encoder.times)} frames)")
+            decoded = _decoded_length(declared, encoder.times[0], encoder.times[-1], source_fps)
+            if _truncated(declared, decoded, source_fps):
+                what = f"the decoded frames end at {decoded:.2f} s" if declared[1] else \
+                    f"only {decoded:.2f} s could be decoded"
+                raise Rejected(f"truncated: {what} of the {declared[0]:.2f} s the container declares "
+                               f"({len(encoder.times)} frames)")
         data, meta = encoder.finish(source_fps)
         return data, {**meta, **info}
 

@@ -95,7 +95,7 @@ def build_messy_corpus(root: pathlib.Path) -> tuple[pathlib.Path, dict[str, str]
         "bad/truncated.mp4": (lambda p: p.write_bytes(full.read_bytes()[: full.stat().st_size // 2]),
                               "damaged mp4/mov file (truncated?)"),
         "bad/truncated.mkv": (lambda p: p.write_bytes(full_mkv.read_bytes()[: full_mkv.stat().st_size // 2]),
-                              "truncated: only"),
+                              "truncated: the decoded frames end at"),
         "bad/not_a_video.mp4": (lambda p: p.write_text("this is a text file, not a video\n" * 20),
                                 "not a video file (format not recognised)"),
         "bad/audio_only.m4a": (write_audio_only, "no video stream (streams present: audio)"),

@@ -16,7 +16,7 @@ import pytest
 
 from ppma_scale.data.manifest import load_manifest
 from shards_tools import pack as pack_module
-from shards_tools.inputs import SourceItem
+from shards_tools.inputs import NON_UTF8_REASON, SourceItem
 from shards_tools.journal import Journal
 from shards_tools.pack import pack, parse_size, sample_key
 from shards_tools.parallel import CRASH_REASON, ItemResult, encode_in_order, encode_item
@@ -228,6 +228,20 @@ def test_class_folders_and_csv_inputs(tmp_path):
     metas = [json.loads(s["json"]) for s in iter_samples(by_csv.shard_urls()[0])]
     assert [(m["source"], m["label_name"]) for m in metas] == [("videos/wave/wave_0000.mp4", "wave"),
                                                                ("videos/jump/jump_0000.mp4", "jump")]
+
+
+def test_a_file_name_that_is_not_utf8_is_rejected_alone(tmp_path):
+    """A Latin-1 name from an old archive: that input is rejected with its name shown escaped, and
+    the rest is packed (the name could not be written to the journal or manifest as it is)."""
+    corpus = _tiny_corpus(tmp_path / "src", clips=2)
+    videos = corpus["root"] / "videos"
+    os.rename(videos / "jump" / "jump_0000.mp4", os.fsencode(videos / "jump") + b"/caf\xe9.mp4")
+    manifest = pack(videos, tmp_path / "out", workers=1, short_side=48, progress=False)
+    assert manifest.num_samples == 3
+    assert manifest.rejected == [{"source": "jump/caf\\xe9.mp4", "reason": NON_UTF8_REASON}]
+    os.rename(videos / "jump", os.fsencode(videos) + b"/j\xfcmp")
+    with pytest.raises(ValueError, match=r"class folder names must be valid UTF-8.*rename j\\xfcmp"):
+        pack(videos, tmp_path / "out2", workers=1, short_side=48, progress=False)
 
 
 def test_sample_keys_are_unique_and_dot_free():

@@ -5,6 +5,7 @@ import io
 from fractions import Fraction
 
 import av
+import numpy as np
 import pytest
 
 from shards_tools.transcode import EncodeSettings, FrameRateResampler, Rejected, encode_source, output_size
@@ -153,3 +154,83 @@ def test_rejects_and_bad_settings(messy_corpus):
         EncodeSettings(codec="av1")
     with pytest.raises(ValueError, match="fps must be positive"):
         EncodeSettings(fps=0)
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_a_clip_whose_timestamps_start_late_is_not_called_truncated(tmp_path, pattern_frames, suffix):
+    """Matroska declares an end time from 0 (14 s for 4 s of video starting at 10 s); MP4 a span."""
+    source = _write_timed(tmp_path / f"late{suffix}", pattern_frames(48), [10 + t / 12 for t in range(48)])
+    assert encode_source(source, EncodeSettings(short_side=32))[1]["frames"] == 48
+
+
+def _with_audio(path, frames, fps=12):
+    """Video + an audio track as long, as downloaded files come (so the container duration alone
+    says nothing about the video)."""
+    with av.open(str(path), "w") as output:
+        video = output.add_stream("libvpx-vp9" if path.suffix == ".webm" else "libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        audio = output.add_stream("libopus" if path.suffix == ".webm" else "aac", rate=48000)
+        samples = 0
+        for t, rgb in enumerate(frames):
+            output.mux(video.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")))
+            while samples < (t + 1) * 48000 // fps:
+                chunk = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="fltp", layout="mono")
+                chunk.sample_rate, chunk.pts = 48000, samples
+                samples += 960
+                output.mux(audio.encode(chunk))
+        output.mux(video.encode())
+        output.mux(audio.encode())
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".webm"])
+def test_a_half_downloaded_video_with_audio_is_rejected_as_truncated(tmp_path, suffix):
+    rng = np.random.default_rng(0)
+    full = _with_audio(tmp_path / f"full{suffix}", rng.integers(0, 255, (96, 64, 96, 3), dtype=np.uint8))
+    half = tmp_path / f"half{suffix}"
+    half.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    assert encode_source(full, EncodeSettings(short_side=32))[1]["frames"] == 96
+    with pytest.raises(Rejected, match=r"truncated: the decoded frames end at .* of the 8.0\d s the container"):
+        encode_source(half, EncodeSettings(short_side=32, min_frames=8))
+
+
+def test_copy_reencodes_an_edit_list_cut_so_the_frame_count_is_what_decodes(tmp_path, pattern_frames):
+    """`ffmpeg -ss T -c copy` keeps the lead-in from the keyframe before T and hides it with an edit
+    list: its packets outnumber its frames, so copying would record the wrong count."""
+    full = tmp_path / "full.mp4"
+    full.write_bytes(encode_video(pattern_frames(56), 12, gop=8))
+    cut = tmp_path / "cut.mp4"
+    with av.open(str(full)) as src, av.open(str(cut), "w") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        tick = int(1 / (12 * src.streams.video[0].time_base))
+        for i, packet in enumerate(p for p in src.demux(video=0) if p.dts is not None):
+            if i >= 8:  # from keyframe 8; frame 11 becomes time 0, frames 8-10 are hidden
+                packet.pts, packet.dts, packet.stream = packet.pts - 11 * tick, packet.dts - 11 * tick, stream
+                dst.mux(packet)
+    data, meta = encode_source(cut, EncodeSettings(short_side=48, gop=8, copy=True))
+    assert not meta["copied"] and meta["frames"] == len(decode_video(data)) == 45
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_an_anamorphic_source_is_packed_as_displayed(tmp_path, pattern_frames, copy):
+    """Stored 96x96 with 16:9 pixels (DV/DVD style) is shown 171x96: packed with square pixels at
+    that shape (and never copied, which would keep the squeezed storage)."""
+    source = tmp_path / "anamorphic.mp4"
+    with av.open(str(source), "w") as output:
+        stream = output.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 96, 96, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(16, 9)
+        for rgb in pattern_frames(24, 96, 96):
+            output.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")))
+        output.mux(stream.encode())
+    data, meta = encode_source(source, EncodeSettings(short_side=96, copy=copy))
+    assert (meta["width"], meta["height"], meta["copied"]) == (172, 96, False)  # 170.7, even
+    assert meta["source_pixel_aspect"] == pytest.approx(16 / 9, abs=1e-3)
+    assert decode_video(data).shape[1:3] == (96, 172)
+
+
+def test_an_output_the_encoder_refuses_is_not_called_a_damaged_source(tmp_path, pattern_frames):
+    source = tmp_path / "strip.mkv"
+    source.write_bytes(encode_video(pattern_frames(24, 8, 4000), 12))
+    with pytest.raises(Rejected, match=r"cannot encode h264 at 160000x320 \(from a 4000x8 source\)"):
+        encode_source(source, EncodeSettings(short_side=320, upscale=True))

@@ -48,7 +48,20 @@ def average_files(inputs: list[str], out: str | Path, weights: list[float] | Non
     shown = weights if weights is not None else [round(1 / len(inputs), 6)] * len(inputs)
     metadata = {"format": "ppma_scale", "averaged_from": "\n".join(str(p) for p in inputs),
                 "weights": " ".join(str(w) for w in shown), "trunk_only": str(trunk_only)}
+    grids = {_token_grid(path, state, trunk_only) for path, state in zip(inputs, states)}
+    if len(grids) == 1 and None not in grids:  # what a learned position table's count cannot tell
+        metadata["token_grid"] = ",".join(map(str, grids.pop()))
     return save_safetensors({k: v.contiguous() for k, v in averaged.items()}, out, metadata=metadata)
+
+
+def _token_grid(path: str | Path, state: dict, is_trunk: bool) -> tuple[int, int, int] | None:
+    """The token grid the input at `path` records, if it is a video trunk (or holds one)."""
+    from .engine.pretrained import source_token_grid
+    from .models.convert import to_trunk_state_dict
+    try:
+        return source_token_grid(path, state if is_trunk else to_trunk_state_dict(state)[0])
+    except ValueError:  # not a model we know: nothing to record
+        return None
 
 
 def _drop_unshared_final_norms(states: list[dict]) -> list[dict]:

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 from ppma_scale.cli import refuse_overwriting_inputs, refuse_replacing_outputs, run_tool
 from ppma_scale.models.convert import (encoder_from_trunk, export_hf, linear_head_state_dict, load_trunk_weights,
+                                       recorded_token_grid,
                                        load_weights_file, recorded_class_names, recorded_clip_geometry,
                                        save_safetensors, to_trunk_state_dict)
 from ppma_scale.models.hf_export import num_heads_from_hf_config
@@ -65,12 +66,13 @@ def convert(args: argparse.Namespace) -> dict:
     args.num_frames = args.num_frames if args.num_frames is not None else default_frames
     args.img_size = args.img_size if args.img_size is not None else default_size
     num_heads = args.num_heads if args.num_heads is not None else num_heads_from_hf_config(args.input)
-    source_grid = tuple(args.source_grid) if args.source_grid else None
+    source_grid = tuple(args.source_grid) if args.source_grid else recorded_token_grid(args.input, trunk)
     encoder = encoder_from_trunk(trunk, args.num_frames, args.img_size, num_heads, final_norm=args.to == "trunk",
                                  source_grid=source_grid)
     report = load_trunk_weights(encoder, trunk, layout, source_grid)
     if args.to == "trunk":
-        save_safetensors({k: v.clone() for k, v in encoder.state_dict().items()}, out, metadata={"format": "pt"})
+        save_safetensors({k: v.clone() for k, v in encoder.state_dict().items()}, out,
+                         metadata={"format": "pt", "token_grid": ",".join(map(str, encoder.grid))})
     else:
         head = linear_head_state_dict(state, layout)
         model, id2label = encoder, None

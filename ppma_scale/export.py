@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 from pathlib import Path
 
@@ -23,11 +24,41 @@ from .cli import refuse_replacing_outputs, run_tool
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+class _WeightsOnlyTorch:
+    """`torch` as DeepSpeed's zero_to_fp32 sees it during a merge: its `torch.load` reads tensors and
+    DeepSpeed's own bookkeeping classes only. DeepSpeed passes weights_only=False, which would run
+    whatever a pickled object in a checkpoint file asks for; a run folder may come from anyone."""
+
+    def __getattr__(self, name: str):
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(f, *args, **kwargs):
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+        kwargs["weights_only"] = True
+        with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
+            return torch.load(f, *args, **kwargs)
+
+
+def _merge_zero_partitions(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    from deepspeed.utils import zero_to_fp32
+    original = zero_to_fp32.torch
+    zero_to_fp32.torch = _WeightsOnlyTorch()
+    try:
+        return zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(ckpt.root), tag=ckpt.tag)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{ckpt.path}: a checkpoint file holds an object other than tensors and DeepSpeed's "
+                         f"own records, which export does not unpickle: {str(exc).splitlines()[0]}") from None
+    finally:
+        zero_to_fp32.torch = original
+
+
 def consolidated_state_dict(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     """The full fp32 state dict of the model in `ckpt`, on the CPU."""
     if any(ckpt.path.glob("*zero_pp_rank_*_optim_states.pt")):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.root), tag=ckpt.tag)
+        state = _merge_zero_partitions(ckpt)
     else:
         model_file = ckpt.path / "mp_rank_00_model_states.pt"
         if not model_file.is_file():

@@ -9,6 +9,7 @@ dict in our key names — decoder, mask token and heads are dropped, and what wa
 from __future__ import annotations
 
 import hashlib
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,24 @@ def read_trunk(path: str | Path) -> TrunkSource:
     return TrunkSource(path=str(path), state=trunk, layout=layout, dropped=dropped)
 
 
+def source_token_grid(path: str | Path, trunk: StateDict) -> tuple[int, int, int] | None:
+    """The token grid the weights at `path` were trained at, where it is recorded: a run's or
+    checkpoint's own config, or a weights file's metadata. A learned position table stores only
+    its token count, and guessing the grid from that can be wrong when frames and size both differ."""
+    from ..models.convert import config_clip_geometry, recorded_token_grid, trunk_token_grid
+    location = Path(path).expanduser()
+    try:
+        if is_run_or_checkpoint(location):
+            from .checkpoint import MARKER, find_checkpoint
+            from .resume_guard import saved_config
+            ckpt = find_checkpoint(location, what="pretrained weights")
+            config, _ = saved_config(ckpt, json.loads((ckpt.path / MARKER).read_text()))
+            return trunk_token_grid(trunk, config_clip_geometry(config))
+        return recorded_token_grid(location, trunk)
+    except (OSError, ValueError):  # unreadable records: fall back to what the table's length allows
+        return None
+
+
 @contextmanager
 def merged_once(path: str | Path, dist=None, scratch_dir: str | Path | None = None) -> Iterator[str | Path]:
     """What every rank of a job reads for the weights at `path`. A run or checkpoint folder is merged
@@ -136,7 +155,7 @@ def init_trunk(encoder: nn.Module, path: str | Path, dist=None, scratch_dir: str
         source = read_trunk(readable)
     source.path = str(path)
     try:
-        report = load_trunk_weights(encoder, source.state, source.layout)
+        report = load_trunk_weights(encoder, source.state, source.layout, source_token_grid(path, source.state))
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     return source, report

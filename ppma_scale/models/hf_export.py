@@ -36,7 +36,10 @@ def hf_to_trunk(sd: StateDict) -> StateDict:
         out[f"patch_embed.proj.{name}"] = sd[proj + name]
     if f"{prefix}layernorm.weight" in sd:
         out["norm.weight"], out["norm.bias"] = sd[f"{prefix}layernorm.weight"], sd[f"{prefix}layernorm.bias"]
-    depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(rf"{re.escape(prefix)}encoder\.layer\.(\d+)\.", k)))
+    layers = [int(m.group(1)) for k in sd if (m := re.match(rf"{re.escape(prefix)}encoder\.layer\.(\d+)\.", k))]
+    if not layers:
+        raise ValueError(f"no {prefix}encoder.layer.* keys")
+    depth = 1 + max(layers)
     for i in range(depth):
         src, dst = f"{prefix}encoder.layer.{i}.", f"blocks.{i}."
         for ours, theirs in HF_BLOCK_NAMES.items():

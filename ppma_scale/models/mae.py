@@ -55,6 +55,7 @@ class MAE(nn.Module):
                                               qkv_bias=True, layer_scale=None, drop_path=0.0)
             self.decoder_pred = nn.Linear(decoder_dim, pixels_per_token)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.decoder_pos_kind = encoder.pos_embed_kind  # the decoder's own (weights loaded later may change the encoder's)
         if encoder.pos_embed_kind == "learned":
             self.decoder_pos_embed = nn.Parameter(torch.zeros(1, encoder.num_patches, decoder_dim))
         else:
@@ -101,7 +102,7 @@ class MAE(nn.Module):
                grid: tuple[int, int, int]) -> torch.Tensor:
         """Encoded visible tokens + mask tokens at the target positions -> pixels of the targets."""
         x = self.decoder_embed(latent)
-        pos = pe.table_for_grid(self.decoder_pos_embed, self.encoder.pos_embed_kind, self.encoder.grid,
+        pos = pe.table_for_grid(self.decoder_pos_embed, self.decoder_pos_kind, self.encoder.grid,
                                 grid, self._pos_cache).to(x.dtype)
         queries = self.mask_token.to(x.dtype) + gather_tokens(pos, target_idx)
         x = torch.cat([x + gather_tokens(pos, visible_idx), queries], dim=1)
@@ -136,7 +137,7 @@ class MAE(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         names = {f"encoder.{n}" for n in self.encoder.no_weight_decay()} | {"mask_token"}
-        if self.encoder.pos_embed_kind == "learned":
+        if self.decoder_pos_kind == "learned":
             names.add("decoder_pos_embed")
         return names
 

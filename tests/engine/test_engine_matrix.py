@@ -92,7 +92,9 @@ def test_consecutive_nonfinite_steps_stop_the_run(matrix):
     assert not any(e["event"] == "end" for e in events)
 
 
-@pytest.mark.parametrize("case, dtype", [("z0_fp32", "fp32"), ("z3_bf16", "bf16"), ("z2_bf16_offload", "fp32")])
+@pytest.mark.parametrize("case, dtype", [("z0_fp32", "fp32"), ("z3_bf16", "bf16"), ("z2_bf16_offload", "fp32"),
+                                         ("z0_bf16", "fp32"), ("z1_bf16_accum2", "fp32"), ("z2_fp32", "fp32"),
+                                         ("z2_fp16", "fp32"), ("z3_fp32_accum2", "fp32")])
 def test_export_writes_safetensors_the_models_load(matrix, case, dtype, tmp_path):
     import torch
     from safetensors import safe_open
@@ -148,3 +150,28 @@ def test_export_never_writes_into_the_checkpoints_it_reads(matrix):
 def test_export_errors_are_clear(tmp_path):
     done = subprocess.run([sys.executable, "-m", "ppma_scale.export", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 2 and "no complete checkpoint" in done.stderr
+
+
+class _Payload:
+    """Pickled, it calls Path.touch on load: what a doctored checkpoint file could do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_export_does_not_unpickle_code_in_a_checkpoint(tmp_path):
+    """DeepSpeed's merge loads partitions with weights_only=False; export must not run what they pickle."""
+    import torch
+    marker = tmp_path / "code_ran"
+    tag = tmp_path / "run" / "checkpoints" / "step_00000001"
+    tag.mkdir(parents=True)
+    for name in ("rank_00000.pt", "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
+        torch.save({"module": {"w": torch.zeros(1)}, "x": _Payload(marker)}, tag / name)
+    (tag / "ppma_complete.json").write_text(json.dumps({"step": 1, "world_size": 1, "zero_stage": 1}))
+    done = subprocess.run([sys.executable, "-m", "ppma_scale.export", str(tmp_path / "run"), "--output",
+                           str(tmp_path / "out.safetensors")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "which export does not unpickle" in done.stderr, done.stderr[-2000:]
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()

@@ -87,6 +87,8 @@ def test_peak_table_and_mfu():
     assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
     assert peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert [peak_tflops(f"NVIDIA {name}") for name in ("L40", "L40S", "L4", "H200 NVL", "H200")] == \
+        [181.0, 362.0, 121.0, 835.0, 989.0]  # a name that holds a shorter one (L40: L4) is matched first
     assert peak_tflops("Some CPU") is None
     assert mfu(1e12, 494.5, 989.0) == pytest.approx(0.5)
     assert mfu(1e12, 10, None) is None

@@ -195,7 +195,10 @@ def compare_configs(old: dict, new: dict) -> list[ConfigChange]:
         list_key = re.sub(r"\[\d+\]\..*$", "#", key)
         if list_key != key and list_key in before and len(before[list_key]) != len(after[list_key]):
             continue  # covered by the whole-list change above
-        changes.append(ConfigChange(key, before[key], after[key], classify_key(key)))
+        kind = classify_key(key)
+        if key == "optim.layer_decay" and (before[key] is None) != (after[key] is None):
+            kind = "incompatible"  # one AdamW group per layer or not: the saved optimizer state has the other shape
+        changes.append(ConfigChange(key, before[key], after[key], kind))
     return changes
 
 
@@ -229,7 +232,8 @@ def _refuse_changes(ckpt: Checkpoint, source: str, changes: list[ConfigChange], 
     if incompatible:
         listed = "\n  ".join(str(c) for c in incompatible + defining)
         raise ValueError(
-            f"cannot resume {ckpt.path}: it was trained with another model, task or precision ({source}):\n"
+            f"cannot resume {ckpt.path}: it was trained with another model, task, precision or optimizer "
+            f"grouping ({source}):\n"
             f"  {listed}\nits saved state cannot be loaded into this config (not even with {ALLOW_FLAG}). "
             "Keep the old values to continue that run, or start a new run with another --output (a "
             f"classification run can start from its weights with model.init={ckpt.path})")

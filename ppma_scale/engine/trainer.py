@@ -136,6 +136,9 @@ def run(cfg: Config, run_dir: str | Path | None = None, resume: str = "auto", ta
         stop.close()
 
 
+RESUMED_GROUP_KEYS = ("weight_decay", "betas", "eps", "lr_scale")  # AdamW group settings the config decides
+
+
 class _Trainer:
     def __init__(self, cfg: Config, run_dir: Path, task: Task, stop: StopRequest) -> None:
         self.cfg, self.run_dir, self.task, self.stop = cfg, run_dir, task, stop
@@ -158,6 +161,7 @@ class _Trainer:
         self.ds_config = ds_config_for(cfg, dist.world_size, load_universal=bool(load and load[2]))
         optimizer = build_optimizer(groups, betas=cfg.optim.betas, eps=cfg.optim.eps, offload=cfg.train.offload,
                                     device=dist.device)
+        self.group_settings = [{k: v for k, v in g.items() if k in RESUMED_GROUP_KEYS} for g in optimizer.param_groups]
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config,
                                                dist_init_required=False)
         _seed_all(cfg.run.seed * 1000 + dist.rank + 1)  # per-rank randomness (drop path, ...)
@@ -171,6 +175,10 @@ class _Trainer:
                                          load_lr_scheduler_states=False)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {ckpt.path}")
+        # Loading the optimizer state also brings back each group's saved settings; this config's
+        # (an --allow-config-change resume may have new ones) are the ones to train with.
+        for group, settings in zip(engine.optimizer.param_groups, self.group_settings, strict=True):
+            group.update(settings)
 
     def _restore(self, ckpt: Checkpoint, stream) -> None:
         """Each rank resumes its own saved state when that alone places it (same ranks, workers and

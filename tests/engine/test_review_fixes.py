@@ -62,7 +62,8 @@ def test_export_metadata_carries_the_config_of_the_exported_checkpoint(runs):
     from safetensors import safe_open
     from ppma_scale.export import export_checkpoint
     out, outcomes = runs
-    assert outcomes["first"]["error"] is None and outcomes["changed"] == {"error": None, "step": 4}
+    assert outcomes["first"]["error"] is None and outcomes["changed"]["error"] is None
+    assert outcomes["changed"]["step"] == 4
     exported = {}
     for step in (4, 2):
         path = export_checkpoint(out / "run" / "checkpoints" / tag_for(step), out / f"step{step}.safetensors")
@@ -73,6 +74,25 @@ def test_export_metadata_carries_the_config_of_the_exported_checkpoint(runs):
     assert (exported[4]["optim"]["lr"], exported[4]["model"]["drop_path"]) == (5e-4, 0.1)  # not config.yaml's
     assert (exported[2]["optim"]["lr"], exported[2]["model"]["drop_path"]) == (1e-3, 0.0)
     assert yaml.safe_load((out / "run" / "config.yaml").read_text())["optim"]["lr"] == 1e-3  # the first is kept
+
+
+def test_a_resume_trains_with_the_new_optimizer_settings(runs):
+    """Loading the optimizer state brought back the saved groups' weight decay and betas, so an
+    --allow-config-change resume logged new values and kept training with the old ones."""
+    _, outcomes = runs
+    assert outcomes["first"]["groups"] == [[0.0, [0.9, 0.95]], [0.05, [0.9, 0.95]]]
+    assert outcomes["changed"]["groups"] == [[0.0, [0.8, 0.9]], [0.3, [0.8, 0.9]]]
+
+
+def test_switching_layer_decay_on_or_off_is_refused_on_resume():
+    """Per-layer AdamW groups or not: the saved optimizer state has the other shape (DeepSpeed's own
+    error named an alignment layout); a new value keeps the groups and is a defining change."""
+    from ppma_scale.engine.resume_guard import compare_configs
+    old = {"optim": {"layer_decay": None, "lr": 1e-3}}
+    (change,) = compare_configs(old, {"optim": {"layer_decay": 0.75, "lr": 1e-3}})
+    assert change.kind == "incompatible"
+    (change,) = compare_configs({"optim": {"layer_decay": 0.75}}, {"optim": {"layer_decay": 0.65}})
+    assert change.kind == "defining"
 
 
 def _launch_evaluate():
@@ -156,7 +176,7 @@ def test_evaluate_classifier_passes_the_streams_views_per_video(monkeypatch, tmp
 
 def test_resume_auto_takes_the_newest_complete_tag_when_latest_is_stale(runs):
     out, outcomes = runs
-    assert outcomes["stale_latest"] == {"error": None, "step": 6}
+    assert outcomes["stale_latest"]["error"] is None and outcomes["stale_latest"]["step"] == 6
     events = read_jsonl(out / "stale" / "events.jsonl")
     assert [e["step"] for e in events if e["event"] == "resume"] == [2, 4]  # the second resume: step 4, not 2
     assert not [e for e in events if e["event"] == "checkpoint_set_aside"]
@@ -176,6 +196,7 @@ def test_stale_latest_everywhere_and_set_aside_tags_are_never_picked(runs, tmp_p
     assert find_resume_checkpoint("auto", run_dir).step == 4
     cfg = toy_config(max_steps=6, zero_stage=0, precision="fp32", ckpt_every=0)
     cfg.optim.lr, cfg.model.drop_path = 5e-4, 0.1
+    cfg.optim.weight_decay, cfg.optim.betas = 0.3, [0.8, 0.9]  # as the worker's resumed run
     plan = plan_resume(cfg, run_dir, "auto")
     assert plan.checkpoint.step == 4 and plan.abandoned == []
     assert all(c.kind == "operational" for c in plan.changes)  # step 4's own recipe: nothing defining

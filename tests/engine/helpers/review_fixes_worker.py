@@ -1,7 +1,8 @@
 """Real trainer + DeepSpeed runs (ToyTask, one rank, one process) for test_review_fixes.py:
 `python review_fixes_worker.py OUT`.
 
-OUT/run:   2 steps, then resumed with another optim.lr / model.drop_path (--allow-config-change) to 4.
+OUT/run:   2 steps, then resumed with another optim.lr / weight_decay / betas and model.drop_path
+           (--allow-config-change) to 4.
 OUT/stale: a copy of OUT/run whose `latest` still names step 2 (a kill between step 4's marker and the
            `latest` rewrite), resumed with --resume auto to 6 steps.
 OUT/outcomes.json: per run, the error (or None) and the step reached.
@@ -25,9 +26,12 @@ def attempt(name, run_dir, max_steps, resume, changed):
     cfg = toy_config(max_steps=max_steps, zero_stage=0, precision="fp32", ckpt_every=0)
     if changed:
         cfg.optim.lr, cfg.model.drop_path = 5e-4, 0.1
+        cfg.optim.weight_decay, cfg.optim.betas = 0.3, [0.8, 0.9]
+    task = ToyTask(cfg)
     try:
-        result = run(cfg, run_dir, resume=resume, task=ToyTask(cfg), allow_config_change=True)
-        outcomes[name] = {"error": None, "step": result.step}
+        result = run(cfg, run_dir, resume=resume, task=task, allow_config_change=True)
+        outcomes[name] = {"error": None, "step": result.step,
+                          "groups": [[g["weight_decay"], list(g["betas"])] for g in task.engine.optimizer.param_groups]}
     except ValueError as exc:
         outcomes[name] = {"error": f"{type(exc).__name__}: {exc}"}
 

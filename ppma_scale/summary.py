@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .engine.metrics import EVENTS_FILE, METRICS_FILE, read_jsonl
+from .engine.metrics import EVENTS_FILE, METRICS_FILE, read_jsonl, standing_evals
 
 
 @dataclass
@@ -101,7 +101,7 @@ def summarize_run(run_dir: str | Path) -> RunRow:
         row.status = {"end": "finished", "stop": f"stopped ({final.get('signal')})"}.get(final["event"], "started")
         if final["event"] == "end" and row.step is None:
             row.step = final.get("step")
-    evals = [e for e in events if e.get("event") == "eval"]
+    evals = standing_evals(events)  # not those of training a rewind abandoned
     if evals:
         row.top1, row.top5 = evals[-1].get("top1"), evals[-1].get("top5")
     return row

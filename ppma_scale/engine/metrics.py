@@ -167,6 +167,18 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in _split_jsonl(path)[0]]
 
 
+def standing_evals(events: list[dict]) -> list[dict]:
+    """The `eval` events of the run as it now stands: a (re)start at step S drops the evaluations
+    logged after S, which belong to training a rewind abandoned (events.jsonl keeps its whole history)."""
+    evals: list[dict] = []
+    for event in events:
+        if event.get("event") == "start":
+            evals = [e for e in evals if e.get("step", 0) <= event.get("step", 0)]
+        elif event.get("event") == "eval":
+            evals.append(event)
+    return evals
+
+
 class MetricsLogger:
     """Writes metrics and events on rank 0; a no-op elsewhere."""
 

@@ -26,7 +26,7 @@ from .checkpoint import Checkpoint, CheckpointManager, capture_rng, restore_rng
 from .data_args import skipped_samples
 from .lr_schedule import WarmupCosine, apply_lr, peak_lr
 from .metrics import (EVENTS_FILE, MEMORY_PRESSURE_HINT, LossWindow, MetricsLogger, ThroughputWindow,
-                      allocator_retries, peak_memory_gb, read_jsonl)
+                      allocator_retries, peak_memory_gb, read_jsonl, standing_evals)
 from .optimizer import build_optimizer, deepspeed_skips_nonfinite, optimizer_step_suppressed, plain_gradients_finite
 from .preflight import checked_resume_plan, ds_config_for, validate  # noqa: F401 - validate: this module's API too
 from .resume_guard import ResumePlan, past_end_message
@@ -409,8 +409,8 @@ class _Trainer:
     def _evaluated(self, step: int) -> bool:
         """Whether events.jsonl records an evaluation at `step` (rank 0 reads it; every rank gets the answer)."""
         return distmod.computed_on_rank0(
-            lambda: any(e.get("event") == "eval" and e.get("step") == step
-                        for e in read_jsonl(self.run_dir / EVENTS_FILE)), f"reading {EVENTS_FILE}")
+            lambda: any(e.get("step") == step for e in standing_evals(read_jsonl(self.run_dir / EVENTS_FILE))),
+            f"reading {EVENTS_FILE}")
 
     def _evaluate_owed(self, engine, step: int, schedule: _Schedule, dtype: torch.dtype, log: MetricsLogger) -> int:
         """Evaluate the resumed `step` before training on when its evaluation was due but is not recorded

@@ -212,3 +212,19 @@ def test_stale_latest_everywhere_and_set_aside_tags_are_never_picked(runs, tmp_p
     with pytest.raises(DamagedCheckpoint, match="mp_rank_00_model_states.pt"):
         find_checkpoint(run_dir)
     assert (root / tag_for(4) / MARKER).is_file()
+
+
+def test_evaluations_of_training_a_rewind_abandoned_do_not_count():
+    """Rewound to step 2, the run's old eval at step 4 describes other weights: the step-4 eval of
+    the rewound run is still owed (an interrupted one must run on resume), and a summary must not
+    report the old top-1 as this run's."""
+    from ppma_scale.engine.metrics import standing_evals
+    events = [{"event": "start", "step": 0}, {"event": "eval", "step": 2, "top1": 0.2},
+              {"event": "eval", "step": 4, "top1": 0.9},  # the original run
+              {"event": "start", "step": 2}, {"event": "eval_interrupted", "step": 4},  # rewound, stopped in eval
+              {"event": "start", "step": 4}]  # resumed
+    assert [e["top1"] for e in standing_evals(events)] == [0.2]
+    assert [e["top1"] for e in standing_evals(events + [{"event": "eval", "step": 4, "top1": 0.5}])] == [0.2, 0.5]
+    resumed_same_step = [{"event": "start", "step": 0}, {"event": "eval", "step": 4, "top1": 0.9},
+                         {"event": "start", "step": 4}]
+    assert [e["top1"] for e in standing_evals(resumed_same_step)] == [0.9]

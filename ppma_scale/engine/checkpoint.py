@@ -298,6 +298,32 @@ def _fsync_existing(paths: Iterable[Path]) -> list[Path]:
     return synced
 
 
+def _save_deepspeed_files(engine, root: str, tag: str, client_state: dict) -> OSError | None:
+    """`engine.save_checkpoint`, with a failed file write (a full disk, a quota) returned instead of
+    raised: DeepSpeed ends its save in a barrier, which a rank leaving early would leave its peers
+    waiting in, where returning lets every rank reach it and then agree on the error."""
+    writer = engine.checkpoint_engine
+    own = vars(writer).get("save")  # normally none: the class's method
+    write = writer.save
+    failures: list[OSError] = []
+
+    def save(state_dict, path):
+        try:
+            return write(state_dict, path)
+        except OSError as exc:
+            failures.append(exc)
+
+    writer.save = save
+    try:
+        engine.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False)
+    finally:
+        if own is None:
+            del writer.save
+        else:
+            writer.save = own
+    return failures[0] if failures else None
+
+
 class CheckpointManager:
     """Saves, rotates and finds checkpoints of one run. Every rank calls `save` and `load`."""
 
@@ -332,9 +358,10 @@ class CheckpointManager:
         barrier()
         client_state = {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE},
                         "ppma_step": step}
-        engine.save_checkpoint(str(self.root), tag=tag_dir.name, client_state=client_state, save_latest=False)
-        error = None
+        error = _save_deepspeed_files(engine, str(self.root), tag_dir.name, client_state)
         try:
+            if error is not None:
+                raise error
             torch.save(rank_state, tag_dir / f"rank_{self.dist.rank:05d}.pt")
             # On disk, not only in this node's write-back cache, before the marker calls them complete (a
             # node crash is what requeues a job). The files this rank wrote, named as DeepSpeed's

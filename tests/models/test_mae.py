@@ -157,6 +157,13 @@ def test_mask_errors(small_mae, video, make_masks):
         MAE(small_mae.encoder, decoder_dim=96, decoder_heads=5)
 
 
+def loss_and_gradients(model, video, mask):
+    """(loss, {parameter name: gradient}) of one MAE forward and backward."""
+    loss, _ = model(video, mask)
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
 def test_compiling_covers_the_decoder_and_its_last_token_block(make_encoder, video, make_masks):
     """`model.compile` compiles the decoder's blocks too, its last (targets-only) block included,
     and changes neither the keys nor the loss and gradients (checkpointing on)."""
@@ -174,12 +181,7 @@ def test_compiling_covers_the_decoder_and_its_last_token_block(make_encoder, vid
     compiled.load_state_dict(plain.state_dict())
     assert list(compiled.state_dict()) == list(plain.state_dict())
     assert all(b._compiled_call_impl is not None for b in [*compiled.encoder.blocks, *compiled.decoder_blocks])
-    mask = make_masks(2, 32, 24)
-    results = []
-    for model in (plain, compiled):
-        loss, _ = model(video, mask)
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    results = [loss_and_gradients(model, video, make_masks(2, 32, 24)) for model in (plain, compiled)]
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-6, rtol=0)
     for name, grad in results[0][1].items():
         torch.testing.assert_close(grad, results[1][1][name], atol=1e-5, rtol=1e-4, msg=name)
@@ -195,12 +197,7 @@ def test_gpu_bench_split_baseline_is_the_same_model(small_mae, video, make_masks
 
     baseline = copy.deepcopy(small_mae)
     use_timm_split(baseline)
-    mask = make_masks(2, 32, 24)
-    results = []
-    for model in (small_mae, baseline):
-        loss, _ = model(video, mask)
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    results = [loss_and_gradients(model, video, make_masks(2, 32, 24)) for model in (small_mae, baseline)]
     assert torch.equal(results[0][0], results[1][0])
     assert all(torch.equal(grad, results[1][1][name]) for name, grad in results[0][1].items())
     assert baseline.decoder_blocks[-1].attn.forward.__func__.__name__ == "timm_split_forward"

@@ -37,9 +37,9 @@ class _WeightsOnlyTorch:
         from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
         from deepspeed.runtime.zero.config import ZeroStageEnum
         from deepspeed.utils.tensor_fragment import fragment_address
-        kwargs["weights_only"] = True
+        kwargs.pop("weights_only", None)  # DeepSpeed passes False
         with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
-            return torch.load(f, *args, **kwargs)
+            return torch.load(f, *args, weights_only=True, **kwargs)
 
 
 def _merge_zero_partitions(ckpt: Checkpoint) -> dict[str, torch.Tensor]:

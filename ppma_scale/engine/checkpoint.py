@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -31,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 
 from ..atomic import write_text_atomic
@@ -258,28 +256,6 @@ def find_checkpoint(location: str | Path, what: str = "checkpoint", deep: bool =
             return ckpt
     raise FileNotFoundError(f"{what} {location}: found no complete checkpoint there (expected a run "
                             f"directory, its checkpoints/ folder, or a step_N folder holding {MARKER})")
-
-
-def capture_rng() -> dict[str, Any]:
-    """RNG states as tensors and plain values, so they load with `torch.load(weights_only=True)`."""
-    numpy_state = np.random.get_state(legacy=False)
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": {**numpy_state, "state": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                                                "pos": int(numpy_state["state"]["pos"])}}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    numpy_state = dict(state["numpy"])
-    numpy_state["state"] = {"key": numpy_state["state"]["key"].numpy().astype(np.uint32),
-                            "pos": numpy_state["state"]["pos"]}
-    np.random.set_state(numpy_state)
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _fsync_existing(paths: Iterable[Path]) -> list[Path]:

@@ -97,7 +97,8 @@ def source_token_grid(path: str | Path, trunk: StateDict) -> tuple[int, int, int
     """The token grid the weights at `path` were trained at, where it is recorded: a run's or
     checkpoint's own config, or a weights file's metadata. A learned position table stores only
     its token count, and guessing the grid from that can be wrong when frames and size both differ."""
-    from ..models.convert import config_clip_geometry, recorded_token_grid, trunk_token_grid
+    from ..models.convert import config_clip_geometry, recorded_token_grid
+    from ..models.pos_import import trunk_token_grid
     location = Path(path).expanduser()
     try:
         if is_run_or_checkpoint(location):

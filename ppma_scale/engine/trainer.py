@@ -22,7 +22,7 @@ import torch
 from ..config import Config, ConfigError, config_to_dict
 from . import dist as distmod
 from .agreement import StopAgreed, agreed
-from .checkpoint import Checkpoint, CheckpointManager, capture_rng, restore_rng
+from .checkpoint import Checkpoint, CheckpointManager
 from .data_args import skipped_samples
 from .lr_schedule import WarmupCosine, apply_lr, peak_lr
 from .metrics import (EVENTS_FILE, MEMORY_PRESSURE_HINT, LossWindow, MetricsLogger, ThroughputWindow,
@@ -30,6 +30,7 @@ from .metrics import (EVENTS_FILE, MEMORY_PRESSURE_HINT, LossWindow, MetricsLogg
 from .optimizer import build_optimizer, deepspeed_skips_nonfinite, optimizer_step_suppressed, plain_gradients_finite
 from .preflight import checked_resume_plan, ds_config_for, validate  # noqa: F401 - validate: this module's API too
 from .resume_guard import ResumePlan, past_end_message
+from .rng_state import capture_rng, restore_rng
 from .run_files import report_resume, write_run_files
 from .run_dir_check import check_shared_run_dir
 from .signals import StopRequest

@@ -188,10 +188,9 @@ class _ClipEncoder:
 
     def _write(self, frame: av.VideoFrame) -> None:
         source_size = f"{frame.width}x{frame.height}"
-        frame = _rotate(frame, self.rotation).reformat(width=self.writer.width, height=self.writer.height,
-                                                        format=PIX_FMT, interpolation="AREA")
         try:
-            self.writer.write(frame)
+            self.writer.write(_rotate(frame, self.rotation).reformat(
+                width=self.writer.width, height=self.writer.height, format=PIX_FMT, interpolation="AREA"))
         except (av.error.FFmpegError, ValueError) as exc:  # the source decoded fine: the output is the problem
             self.writer.abort()
             raise Rejected(f"cannot encode {self.settings.codec} at {self.writer.width}x{self.writer.height} "
@@ -291,9 +290,9 @@ def _pixel_aspect(stream) -> float:
 
 def _can_copy(stream, settings: EncodeSettings, source_fps: float) -> bool:
     ctx = stream.codec_context
-    return (ctx.name == settings.codec and _pixel_aspect(stream) == 1.0 and ctx.pix_fmt == PIX_FMT and ctx.width % 2 == 0 and ctx.height % 2 == 0
-            and min(ctx.width, ctx.height) <= settings.short_side and settings.max_duration is None
-            and (settings.fps is None or abs(settings.fps - source_fps) < 1e-3))
+    return (ctx.name == settings.codec and ctx.pix_fmt == PIX_FMT and ctx.width % 2 == 0 and ctx.height % 2 == 0
+            and _pixel_aspect(stream) == 1.0 and min(ctx.width, ctx.height) <= settings.short_side
+            and settings.max_duration is None and (settings.fps is None or abs(settings.fps - source_fps) < 1e-3))
 
 
 def _first_frame_rotation(path: Path) -> int | None:

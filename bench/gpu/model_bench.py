@@ -369,6 +369,7 @@ def compile_in_child(bench: Bench, mode: str, batch: int | None) -> dict:
            "--img", str(a.img), "--steps", str(a.steps), "--warmup", str(a.warmup), "--budget-s", str(limit),
            "--config-s", str(limit - 5), "--max-batch", str(a.max_batch), "--start-batch", str(a.start_batch)]
     cmd += (["--batch", str(batch)] if batch else []) + (["--profile"] if a.profile else [])
+    cmd += ["--split-baseline"] if a.split_baseline else []
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, env={**os.environ, "OUT": str(
             bench.out / "compile")})
@@ -382,6 +383,9 @@ def compiled_config(bench: Bench) -> dict:
     """The child's work: time the compiled blocks (their compile happens in the warm-up), then profile."""
     a = bench.args
     row = run_config(bench, "ours", a.sizes[0], False, compile_mode=a.only_compile, batch=a.batch)
+    if a.split_baseline and "batch" in row:
+        row["split_baseline"] = run_config(bench, "ours-timm-split", a.sizes[0], False,
+                                           compile_mode=a.only_compile, batch=row["batch"])
     if a.profile and "batch" in row and bench.left() > 30:
         row["profile"] = profile_step(bench, a.sizes[0], row["batch"], a.only_compile)
     return row
@@ -459,6 +463,8 @@ def main(argv=None) -> None:
         if "profile" in row:
             bench.results.setdefault("compiled_profiles", []).append(row.pop("profile"))
         record(bench, row)
+        if "split_baseline" in row:
+            record(bench, row.pop("split_baseline"))
     bench.results["sdpa"] = sdpa_bench(bench)  # last: the steps above are the headline
     bench.results["elapsed_s"] = time.monotonic() - bench.start
     bench.save()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 from typing import Callable
@@ -103,7 +104,8 @@ def _run_two_ranks(argv: list[str], timeout: int = 150) -> list[subprocess.Compl
     procs = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1",
+               "PYTHONFAULTHANDLER": "1"}  # a rank killed with SIGABRT prints every thread's stack
         procs.append(subprocess.Popen([sys.executable, *argv], env=env, cwd=pathlib.Path(__file__).parents[1],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     done = []
@@ -111,10 +113,30 @@ def _run_two_ranks(argv: list[str], timeout: int = 150) -> list[subprocess.Compl
         for proc in procs:
             stdout, stderr = proc.communicate(timeout=timeout)
             done.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the 2-rank run did not end in {timeout} s; where each rank was:\n"
+                             + "\n".join(_stacks_of(procs))) from None
     finally:
         for proc in procs:
             proc.kill()
     return done
+
+
+def _stacks_of(procs: list[subprocess.Popen]) -> list[str]:
+    """SIGABRT each rank still running (faulthandler dumps its threads) and return the ends of
+    every rank's output: a hang is then found from the failure message, not guessed."""
+    tails = []
+    for rank, proc in enumerate(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGABRT)
+        try:
+            stdout, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        tails.append(f"--- rank {rank} stdout (end) ---\n{(stdout or '')[-2000:]}\n"
+                     f"--- rank {rank} stderr (end) ---\n{(stderr or '')[-6000:]}")
+    return tails
 
 
 @pytest.fixture(scope="session")  # stateless: module fixtures may run their ranks with it too

@@ -104,7 +104,7 @@ def source_token_grid(path: str | Path, trunk: StateDict) -> tuple[int, int, int
         if is_run_or_checkpoint(location):
             from .checkpoint import MARKER, find_checkpoint
             from .resume_guard import saved_config
-            ckpt = find_checkpoint(location, what="pretrained weights")
+            ckpt = find_checkpoint(location, what="pretrained weights", deep=False)  # its config only
             config, _ = saved_config(ckpt, json.loads((ckpt.path / MARKER).read_text()))
             return trunk_token_grid(trunk, config_clip_geometry(config))
         return recorded_token_grid(location, trunk)

@@ -144,6 +144,16 @@ def test_a_run_named_by_model_init_is_merged_by_rank_0_alone(align, tiny_shards,
     assert all(torch.equal(after[k], before[k]) for k in after if k.startswith("encoder."))
 
 
+def test_a_run_folder_tells_the_token_grid_its_weights_were_trained_at(align):
+    """model.init of a run: the grid comes from the run's own config (a learned table's token count
+    alone can fit several grids)."""
+    from ppma_scale.engine.pretrained import source_token_grid
+    from ppma_scale.models import build_encoder
+    cfg = load_config(align[0] / "config.yaml")
+    expected = build_encoder(cfg.model, cfg.data.num_frames, cfg.data.img_size).grid
+    assert source_token_grid(align[0], read_trunk(align[0]).state) == tuple(expected)
+
+
 def test_a_dry_run_of_the_linear_probe_plans_the_steps_its_cached_features_give(linprobe, align, tiny_shards,
                                                                                   tmp_path):
     """The probe's epoch is every cached video once: the dry run's steps per epoch are those the real

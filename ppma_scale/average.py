@@ -25,7 +25,7 @@ def average_files(inputs: list[str], out: str | Path, weights: list[float] | Non
     weights, that `out` is none of them, and that it does not exist unless `overwrite`.
     """
     from .engine.pretrained import read_state_dict, read_trunk
-    from .models.convert import save_safetensors
+    from .models.convert import save_safetensors, token_grid_metadata
     if len(inputs) < 2:
         raise ValueError(f"give at least 2 checkpoints to average, got {len(inputs)}")
     if weights is not None:
@@ -50,7 +50,7 @@ def average_files(inputs: list[str], out: str | Path, weights: list[float] | Non
                 "weights": " ".join(str(w) for w in shown), "trunk_only": str(trunk_only)}
     grids = {_token_grid(path, state, trunk_only) for path, state in zip(inputs, states)}
     if len(grids) == 1 and None not in grids:  # what a learned position table's count cannot tell
-        metadata["token_grid"] = ",".join(map(str, grids.pop()))
+        metadata.update(token_grid_metadata(grids.pop()))
     return save_safetensors({k: v.contiguous() for k, v in averaged.items()}, out, metadata=metadata)
 
 

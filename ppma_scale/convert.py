@@ -19,9 +19,9 @@ from typing import Optional, Sequence
 
 from ppma_scale.cli import refuse_overwriting_inputs, refuse_replacing_outputs, run_tool
 from ppma_scale.models.convert import (encoder_from_trunk, export_hf, linear_head_state_dict, load_trunk_weights,
-                                       recorded_token_grid,
                                        load_weights_file, recorded_class_names, recorded_clip_geometry,
-                                       save_safetensors, to_trunk_state_dict)
+                                       recorded_token_grid, save_safetensors, to_trunk_state_dict,
+                                       token_grid_metadata)
 from ppma_scale.models.hf_export import num_heads_from_hf_config
 
 DEFAULT_CLIP = (16, 224)  # frames, pixels: the paper's clips, for inputs that do not record theirs
@@ -72,7 +72,7 @@ def convert(args: argparse.Namespace) -> dict:
     report = load_trunk_weights(encoder, trunk, layout, source_grid)
     if args.to == "trunk":
         save_safetensors({k: v.clone() for k, v in encoder.state_dict().items()}, out,
-                         metadata={"format": "pt", "token_grid": ",".join(map(str, encoder.grid))})
+                         metadata={"format": "pt", **token_grid_metadata(encoder.grid)})
     else:
         head = linear_head_state_dict(state, layout)
         model, id2label = encoder, None

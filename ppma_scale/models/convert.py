@@ -89,6 +89,11 @@ def config_clip_geometry(config: dict | None) -> tuple[int, int] | None:
         return None
 
 
+def token_grid_metadata(grid: tuple[int, ...]) -> dict[str, str]:
+    """The safetensors metadata entry that records `grid`, as `recorded_token_grid` reads it."""
+    return {"token_grid": ",".join(map(str, grid))}
+
+
 def recorded_token_grid(path: str | Path, trunk: StateDict) -> Optional[tuple[int, int, int]]:
     """The token grid a weights file records (`token_grid`, or its exported run's clip size)."""
     text = _recorded_metadata(path).get("token_grid", "")

@@ -21,6 +21,8 @@ import pathlib
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from typing import Callable
 
 import pytest
@@ -99,30 +101,39 @@ def remove_orphaned_deepspeed_shm():
 
 
 def _run_two_ranks(argv: list[str], timeout: int = 150) -> list[subprocess.CompletedProcess]:
+    """Ranks write to files, not pipes: a pipe read only after the other rank ends fills at 64 KiB,
+    and a rank blocked writing to it stalls its peer in the next collective."""
     from ppma_scale.engine.dist import resolve_launch_env
     port = resolve_launch_env({})["MASTER_PORT"]
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1",
-               "PYTHONFAULTHANDLER": "1"}  # a rank killed with SIGABRT prints every thread's stack
-        procs.append(subprocess.Popen([sys.executable, *argv], env=env, cwd=pathlib.Path(__file__).parents[1],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    done = []
-    try:
-        for proc in procs:
-            stdout, stderr = proc.communicate(timeout=timeout)
-            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"the 2-rank run did not end in {timeout} s; where each rank was:\n"
-                             + "\n".join(_stacks_of(procs))) from None
-    finally:
-        for proc in procs:
-            proc.kill()
-    return done
+    with tempfile.TemporaryDirectory(prefix="ranks-") as folder:
+        procs, outputs = [], []
+        for rank in range(2):
+            env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1",
+                   "PYTHONFAULTHANDLER": "1"}  # a rank killed with SIGABRT prints every thread's stack
+            files = [open(pathlib.Path(folder) / f"rank{rank}.{name}", "w+") for name in ("out", "err")]
+            outputs.append(files)
+            procs.append(subprocess.Popen([sys.executable, *argv], env=env, cwd=pathlib.Path(__file__).parents[1],
+                                          stdout=files[0], stderr=files[1], text=True))
+        try:
+            deadline = time.monotonic() + timeout
+            for proc in procs:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the 2-rank run did not end in {timeout} s; where each rank was:\n"
+                                 + "\n".join(_stacks_of(procs, outputs))) from None
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+            texts = [[_peek(file) for file in files] for files in outputs]
+            for file in (file for files in outputs for file in files):
+                file.close()
+        return [subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+                for proc, (out, err) in zip(procs, texts)]
 
 
-def _stacks_of(procs: list[subprocess.Popen]) -> list[str]:
+def _stacks_of(procs: list[subprocess.Popen], outputs: list[list]) -> list[str]:
     """SIGABRT each rank still running (faulthandler dumps its threads) and return the ends of
     every rank's output: a hang is then found from the failure message, not guessed."""
     tails = []
@@ -130,13 +141,19 @@ def _stacks_of(procs: list[subprocess.Popen]) -> list[str]:
         if proc.poll() is None:
             proc.send_signal(signal.SIGABRT)
         try:
-            stdout, stderr = proc.communicate(timeout=30)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            stdout, stderr = proc.communicate()
-        tails.append(f"--- rank {rank} stdout (end) ---\n{(stdout or '')[-2000:]}\n"
-                     f"--- rank {rank} stderr (end) ---\n{(stderr or '')[-6000:]}")
+            proc.wait()
+        stdout, stderr = (_peek(file) for file in outputs[rank])
+        tails.append(f"--- rank {rank} stdout (end) ---\n{stdout[-2000:]}\n"
+                     f"--- rank {rank} stderr (end) ---\n{stderr[-6000:]}")
     return tails
+
+
+def _peek(file) -> str:
+    file.seek(0)
+    return file.read()
 
 
 @pytest.fixture(scope="session")  # stateless: module fixtures may run their ranks with it too

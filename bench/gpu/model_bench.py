@@ -358,16 +358,17 @@ def profile_at(bench: Bench, size: str, batch: int, compile_mode: str) -> dict:
     return out
 
 
-def compile_in_child(bench: Bench, mode: str, batch: int | None) -> dict:
-    """torch.compile'd blocks (`mode`: static or dynamic shapes) timed, and profiled with --profile,
-    in a child process, so a slow compile cannot overrun the budget."""
+def compile_in_child(bench: Bench, mode: str, batch: int | None, ckpt: bool = False) -> dict:
+    """torch.compile'd blocks (`mode`: static or dynamic shapes; checkpointed with `ckpt`) timed, and
+    profiled with --profile, in a child process, so a slow compile cannot overrun the budget."""
     a = bench.args
     limit = int(bench.left() - 15)
     if limit < 60:
         return {"error": "skipped: out of time"}
     cmd = [sys.executable, __file__, "--only-compile", mode, "--sizes", a.sizes[0], "--frames", str(a.frames),
            "--img", str(a.img), "--steps", str(a.steps), "--warmup", str(a.warmup), "--budget-s", str(limit),
-           "--config-s", str(limit - 5), "--max-batch", str(a.max_batch), "--start-batch", str(a.start_batch)]
+           "--config-s", str(limit - 5), "--max-batch", str(a.max_batch), "--start-batch", str(a.start_batch),
+           "--ckpt", "on" if ckpt else "off"]
     cmd += (["--batch", str(batch)] if batch else []) + (["--profile"] if a.profile else [])
     cmd += ["--split-baseline"] if a.split_baseline else []
     try:
@@ -382,9 +383,10 @@ def compile_in_child(bench: Bench, mode: str, batch: int | None) -> dict:
 def compiled_config(bench: Bench) -> dict:
     """The child's work: time the compiled blocks (their compile happens in the warm-up), then profile."""
     a = bench.args
-    row = run_config(bench, "ours", a.sizes[0], False, compile_mode=a.only_compile, batch=a.batch)
+    ckpt = a.ckpt == "on"
+    row = run_config(bench, "ours", a.sizes[0], ckpt, compile_mode=a.only_compile, batch=a.batch)
     if a.split_baseline and "batch" in row:
-        row["split_baseline"] = run_config(bench, "ours-timm-split", a.sizes[0], False,
+        row["split_baseline"] = run_config(bench, "ours-timm-split", a.sizes[0], ckpt,
                                            compile_mode=a.only_compile, batch=row["batch"])
     if a.profile and "batch" in row and bench.left() > 30:
         row["profile"] = profile_step(bench, a.sizes[0], row["batch"], a.only_compile)
@@ -424,6 +426,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+CKPT_SETTINGS = {"off": (False,), "on": (True,), "both": (False, True)}
+
+
 def record(bench: Bench, row: dict) -> None:
     bench.results["steps"].append(row)
     bench.save()
@@ -442,29 +447,31 @@ def main(argv=None) -> None:
     bench.save()
     print(f"[{time.monotonic() - bench.start:5.0f} s] checks done", flush=True)
     for size in args.sizes:
-        for ckpt in {"off": (False,), "on": (True,), "both": (False, True)}[args.ckpt]:
+        for ckpt in CKPT_SETTINGS[args.ckpt]:
             for kind in ("ours", "eager"):
                 batch = args.eager_batch if kind == "eager" and args.eager_batch else args.batch
                 record(bench, run_config(bench, kind, size, ckpt, batch=batch))
-    ours_l = next((r for r in bench.results["steps"] if r["model"] == "ours" and r["size"] == args.sizes[0]
-                   and not r["ckpt"] and "clips_per_s" in r), {})
+    ours_batch = {ckpt: next((r["batch"] for r in bench.results["steps"] if r["model"] == "ours"
+                              and r["size"] == args.sizes[0] and r["ckpt"] == ckpt and "clips_per_s" in r), None)
+                  for ckpt in (False, True)}
     if args.split_baseline:
-        record(bench, run_config(bench, "ours-timm-split", args.sizes[0], False, batch=ours_l.get("batch")))
+        record(bench, run_config(bench, "ours-timm-split", args.sizes[0], False, batch=ours_batch[False]))
     for backend in ("flash", "cudnn", "efficient") if args.backends else ():
-        record(bench, run_config(bench, "ours", args.sizes[0], False, backend=backend, batch=ours_l.get("batch")))
+        record(bench, run_config(bench, "ours", args.sizes[0], False, backend=backend, batch=ours_batch[False]))
     if args.profile:
-        bench.results["profile"] = profile_step(bench, args.sizes[0], ours_l.get("batch", 32))
+        bench.results["profile"] = profile_step(bench, args.sizes[0], ours_batch[False] or 32)
         bench.save()
         print(f"[{time.monotonic() - bench.start:5.0f} s] profile {bench.results['profile'].get('ms_per_step_by_kind')}",
               flush=True)
     for mode in (args.compile or ["static"]) if args.compile is not None else ():
-        row = {"model": "ours", "size": args.sizes[0], "ckpt": False, "backend": "default", "compile": mode,
-               **compile_in_child(bench, mode, ours_l.get("batch"))}
-        if "profile" in row:
-            bench.results.setdefault("compiled_profiles", []).append(row.pop("profile"))
-        record(bench, row)
-        if "split_baseline" in row:
-            record(bench, row.pop("split_baseline"))
+        for ckpt in CKPT_SETTINGS[args.ckpt]:
+            row = {"model": "ours", "size": args.sizes[0], "ckpt": ckpt, "backend": "default", "compile": mode,
+                   **compile_in_child(bench, mode, ours_batch[ckpt], ckpt)}
+            if "profile" in row:
+                bench.results.setdefault("compiled_profiles", []).append(row.pop("profile"))
+            record(bench, row)
+            if "split_baseline" in row:
+                record(bench, row.pop("split_baseline"))
     bench.results["sdpa"] = sdpa_bench(bench)  # last: the steps above are the headline
     bench.results["elapsed_s"] = time.monotonic() - bench.start
     bench.save()

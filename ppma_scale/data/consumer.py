@@ -266,6 +266,14 @@ class _Consumer:
         return batch
 
 
+def loader_generator(seed: int, rank: int) -> torch.Generator:
+    """A DataLoader's own generator. Starting its iterator draws the workers' base seed (the workers
+    seed themselves from the stream's seed anyway); drawn from the global RNG, which a resume restores
+    and then starts a new iterator, that one extra draw shifted every later drop-path and erasing
+    mask of the resumed run."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
+
+
 def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader `worker_init_fn`: leave stop signals to the rank, which finishes its step, saves,
     and then shuts its workers down.

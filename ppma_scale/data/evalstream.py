@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ppma_scale.data.clips import ClipSpec, test_indices
-from ppma_scale.data.consumer import ignore_stop_signals, parse_sample
+from ppma_scale.data.consumer import ignore_stop_signals, loader_generator, parse_sample
 from ppma_scale.data.decode import DecodeError, EncodedClip, choose_decoder, make_decoder
 from ppma_scale.data.shards import ShardSet, open_sources
 from ppma_scale.data.stats import Stats, StatsLog
@@ -158,7 +158,7 @@ class EvalStream:
         workers = min(self.num_workers, self.ctx.num_batches)
         loader = DataLoader(_EvalConsumer(self.ctx), batch_size=None, num_workers=workers,
                             prefetch_factor=self.prefetch if workers else None, pin_memory=self.pin_memory,
-                            worker_init_fn=ignore_stop_signals)
+                            worker_init_fn=ignore_stop_signals, generator=loader_generator(0, self.ctx.rank))
         before = self._log.counts()
         for batch in loader:
             self._log.merge(batch.pop("__stats__"))

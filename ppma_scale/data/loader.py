@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ppma_scale.data.clips import ClipSpec
-from ppma_scale.data.consumer import ConsumerStream, StreamContext, fresh_cursor, ignore_stop_signals
+from ppma_scale.data.consumer import (ConsumerStream, StreamContext, fresh_cursor, ignore_stop_signals,
+                                      loader_generator)
 from ppma_scale.data.decode import choose_decoder
 from ppma_scale.data.evalstream import EvalStream, build_eval_stream  # noqa: F401 (CONTRACTS: loader offers both)
 from ppma_scale.data.schedule import EpochPlan, Layout, continue_plan, make_plan, next_plan
@@ -93,7 +94,8 @@ class TrainStream:
         dataset = ConsumerStream(self.ctx, self._plan, [dict(c) for c in self._cursors])
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
                             prefetch_factor=self.prefetch if self.num_workers else None,
-                            pin_memory=self.pin_memory, worker_init_fn=ignore_stop_signals)
+                            pin_memory=self.pin_memory, worker_init_fn=ignore_stop_signals,
+                            generator=loader_generator(self.ctx.seed, self.ctx.rank))
         items: Iterator[dict[str, Any]] = iter(loader)
         if self.ctx.decode_in_main:
             decode = MainProcessDecoder(self.decoder, self.ctx.layout.batch, self.device, self.ctx.augment)

@@ -257,6 +257,20 @@ def test_compiled_blocks_train_like_the_reference_and_every_rank_exits(tmp_path,
     assert "recompile_limit" not in done.stderr  # every block ran compiled, none fell back
 
 
+def test_a_resume_with_drop_path_draws_the_same_masks(tmp_path, nohuman):
+    """Drop path draws from the global RNG, which a resume restores. Starting the resumed run's
+    DataLoader drew one number from it too (its workers' base seed), so every later mask differed."""
+    recipe = ("model.drop_path=0.3",)
+    straight = tmp_path / "straight"
+    assert run(deepspeed_cmd(*common_args(straight, nohuman, *recipe))).returncode == 0
+    run_dir = tmp_path / "killed"
+    cmd = deepspeed_cmd(*common_args(run_dir, nohuman, *recipe))
+    assert run(cmd, {"PPMA_FAULT_KILL_IN_SAVE": "6:1"}).returncode != 0
+    resumed = run(cmd)
+    assert resumed.returncode == 0 and "step_00000004 at step 4" in resumed.stdout, resumed.stderr[-5000:]
+    assert losses(run_dir) == losses(straight)
+
+
 def test_killed_save_keeps_the_previous_checkpoint_and_resume_is_exact(tmp_path, nohuman, reference):
     run_dir = tmp_path / "killed"
     cmd = deepspeed_cmd(*common_args(run_dir, nohuman))

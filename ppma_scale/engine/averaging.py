@@ -15,6 +15,9 @@ from typing import Iterable, Literal, Mapping, Sequence
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.utils.stateless import _reparametrize_module
+
+from ppma_scale.models.vit import recomputed_under
 
 AverageMode = Literal["per_model", "per_tensor"]
 
@@ -154,7 +157,11 @@ class AveragedTrunk(nn.Module):
 
     def _call(self, method: str, args: tuple, kwargs: dict):
         tensors = {f"trunk.{name}": value for name, value in self._trunk_tensors().items()}
-        return functional_call(self._template[0], tensors, (method, *args), kwargs, strict=True)
+        template = self._template[0]
+        # Checkpointed blocks recompute in the backward, after this call put the template's (meta)
+        # weights back: they get the same blended tensors again for it.
+        with recomputed_under(lambda: _reparametrize_module(template, tensors, strict=True)):
+            return functional_call(template, tensors, (method, *args), kwargs, strict=True)
 
     def forward(self, *args, **kwargs):
         return self._call("forward", args, kwargs)

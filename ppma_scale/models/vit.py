@@ -16,9 +16,10 @@
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from functools import partial
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -150,6 +151,22 @@ def compile_each_block(blocks: nn.ModuleList, options: bool | dict) -> None:
             block.compile(**{"dynamic": False, **(options if isinstance(options, dict) else {})})
 
 
+_RECOMPUTE_CONTEXT: ContextVar[Optional[Callable[[], AbstractContextManager]]] = ContextVar(
+    "recompute_context", default=None)
+
+
+@contextmanager
+def recomputed_under(make_context: Callable[[], AbstractContextManager]) -> Iterator[None]:
+    """Blocks checkpointed inside this context are recomputed, in the backward, inside a fresh
+    `make_context()`. A caller that puts weights into the blocks only for its forward (weight
+    averaging's blended trunk) puts the same ones back for the recompute, which runs after it."""
+    token = _RECOMPUTE_CONTEXT.set(make_context)
+    try:
+        yield
+    finally:
+        _RECOMPUTE_CONTEXT.reset(token)
+
+
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpoint_every: int,
                keep_last: Optional[int] = None) -> torch.Tensor:
     """Apply `blocks`, checkpointing every k-th one (non-reentrant) when gradients are on.
@@ -159,10 +176,12 @@ def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpoint_every: int,
     """
     use_ckpt = checkpoint_every > 0 and torch.is_grad_enabled()
     last = len(blocks) - 1
+    make_context = _RECOMPUTE_CONTEXT.get()
+    extra = {} if make_context is None else {"context_fn": lambda: (nullcontext(), make_context())}
     for i, block in enumerate(blocks):
         keep = keep_last if i == last else None
         if use_ckpt and i % checkpoint_every == 0:
-            x = checkpoint(block, x, keep, use_reentrant=False)
+            x = checkpoint(block, x, keep, use_reentrant=False, **extra)
         else:
             x = block(x, keep)
     return x

@@ -253,3 +253,24 @@ def test_eval_mode_reaches_the_blended_trunk_so_drop_path_is_off_in_evaluation()
     model.train()
     with torch.no_grad():
         assert not torch.equal(model(clip), model(clip))  # and it is back on for training
+
+
+@pytest.mark.parametrize("mode", ["per_model", "per_tensor"])
+def test_a_checkpointed_trunk_blends_and_learns_alpha_as_an_uncheckpointed_one(mode):
+    """Checkpointed blocks recompute in the backward, after the blend's forward has put the
+    template's own (meta) weights back: the recompute must see the blended weights again (it
+    failed with 'Tensor on device meta', so vitl/vith align configs could not average)."""
+    from ppma_scale.models import VideoViT, resolve_size
+    size = resolve_size("tiny")
+    torch.manual_seed(0)
+    states = [VideoViT(size, num_frames=4, img_size=32).state_dict() for _ in range(2)]
+    clip = torch.randn(2, 3, 4, 32, 32)
+    grads = []
+    for every in (0, 1):
+        trunk = AveragedTrunk(VideoViT(size, num_frames=4, img_size=32, act_checkpoint_every=every), states, mode)
+        with torch.no_grad():
+            trunk.alpha.normal_(generator=torch.Generator().manual_seed(1))
+        trunk(clip).square().mean().backward()
+        grads.append(trunk.alpha.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0])

@@ -5,7 +5,8 @@
   every time step, so a masked patch cannot be copied from its neighbour in time.
 - decoder mask (VideoMAE V2 running cell): the decoder reconstructs only part of the masked
   tokens. A 2x2 spatial cell keeps round(4 * (1 - decoder_ratio)) of its positions, and the kept
-  positions shift by one every time step ("running"), so over time every position is covered.
+  positions shift by one every time step ("running"). Each row starts the cycle at a random one of
+  the 4 phases (as VideoMAE V2), so every position is reconstructed equally often over samples.
   Rows keep exactly num_masked - round(num_masked * decoder_ratio) (at least 1) masked tokens: the running-cell ones
   first, random ones to make the count exact (the model needs equal counts to batch).
 """
@@ -28,13 +29,19 @@ def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return mask
 
 
-def running_cell_keep(grid: tuple[int, int, int], decoder_ratio: float, device=None) -> torch.Tensor:
-    """Bool (N,): the positions a running 2x2 cell keeps for reconstruction at each time step."""
+def running_cell_keep(grid: tuple[int, int, int], decoder_ratio: float, device=None,
+                      phase: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool (N,): the positions a running 2x2 cell keeps for reconstruction at each time step; with
+    `phase` (B,) of 0..3, (B, N): each row's cycle started at its phase. A fixed phase would never
+    reconstruct half of the positions (those outside the pattern at every step of every sample)."""
     t, h, w = grid
     keep = int(round(4 * (1.0 - decoder_ratio)))
     tt = torch.arange(t, device=device).view(t, 1, 1)
     cell = (torch.arange(h, device=device).view(1, h, 1) % 2) * 2 + torch.arange(w, device=device).view(1, 1, w) % 2
-    return (((cell + tt) % 4) < keep).reshape(-1)
+    step = (cell + tt).reshape(-1)
+    if phase is not None:
+        step = step.unsqueeze(0) + phase.view(-1, 1)
+    return (step % 4) < keep
 
 
 def make_masks(kind: str, batch: int, grid: tuple[int, int, int], ratio: float, decoder_ratio: float = 0.0,
@@ -58,7 +65,8 @@ def make_masks(kind: str, batch: int, grid: tuple[int, int, int], ratio: float, 
     masked = int(mask[0].sum()) if batch else 0
     kept = min(masked, max(1, masked - _count(masked, decoder_ratio, "mae.decoder_mask_ratio")))
     # score: running-cell tokens first (0..1), other masked tokens next (1..2), visible tokens never (3)
+    phase = torch.randint(4, (batch,), generator=generator, device=device)
     scores = torch.rand(batch, n, generator=generator, device=device)
-    scores = scores + (~running_cell_keep((t, h, w), decoder_ratio, device)).float()
+    scores = scores + (~running_cell_keep((t, h, w), decoder_ratio, device, phase)).float()
     scores = scores.masked_fill(~mask, 3.0)
     return mask, _lowest(scores, kept)

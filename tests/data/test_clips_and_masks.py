@@ -81,12 +81,22 @@ def test_running_cell_prefers_the_cell_pattern_and_runs_over_time():
     assert dec is not None and int(dec.sum()) == 0  # nothing masked: nothing to reconstruct
     assert int(make_masks("random", 2, (1, 1, 2), 0.5, 0.75)[1].sum()) == 2  # at least one per row
     mask, dec = make_masks("tube", 3, grid, 0.75, 0.5, torch.Generator().manual_seed(0))
-    in_cell = (dec & keep.view(1, -1)).sum(1).float() / dec.sum(1)
-    assert (in_cell > 0.8).all()
+    in_cell = [max((row & running_cell_keep(grid, 0.5, phase=torch.tensor([p]))[0]).sum() / row.sum()
+                   for p in range(4)) for row in dec]
+    assert all(share > 0.8 for share in in_cell)  # each row follows one phase of the running cell
     assert not (dec & ~mask).any()  # only masked tokens are reconstructed
     assert (mask.sum(1) == 4 * 48).all() and (dec.sum(1) == 96).all()  # 75% of 4x8x8; half of those kept
     tubes = mask.view(3, 4, 64)
     assert all(torch.equal(tubes[:, 0], tubes[:, t]) for t in range(4))  # tube: the same positions every step
+
+
+def test_every_position_is_reconstructed_equally_often_over_samples():
+    """Rows start the running cell at random phases (VideoMAE V2): with one fixed phase, half of the
+    positions were almost never reconstructed (0.3% of samples against 90% for the others)."""
+    grid = (4, 8, 8)
+    mask, dec = make_masks("random", 4000, grid, 0.9, 0.5, torch.Generator().manual_seed(0))
+    share = dec.float().mean(0) / mask.float().mean(0)  # reconstructed, of the times a position was masked
+    assert share.min() > 0.4 and share.max() < 0.6, (share.min(), share.max())
 
 
 def test_mask_errors_name_the_setting():

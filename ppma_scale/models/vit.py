@@ -63,10 +63,12 @@ class TubeletConv(nn.Conv3d):
     """
 
     def forward(self, video: torch.Tensor, index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Tokens of `video` (any float dtype: an MAE keeps its clip in fp32 for exact targets), or
+        of the tubelets at `index`, in the weight's dtype."""
         if index is None:
-            return super().forward(video).flatten(2).transpose(1, 2)
+            return super().forward(video.to(self.weight.dtype)).flatten(2).transpose(1, 2)
         patches = gather_tubelets(video, index, self.kernel_size).flatten(2)  # (c pt ph pw), as the weight
-        return F.linear(patches, self.weight.flatten(1), self.bias)
+        return F.linear(patches.to(self.weight.dtype), self.weight.flatten(1), self.bias)
 
 
 class PatchEmbed(nn.Module):

@@ -201,3 +201,20 @@ def test_gpu_bench_split_baseline_is_the_same_model(small_mae, video, make_masks
     assert torch.equal(results[0][0], results[1][0])
     assert all(torch.equal(grad, results[1][1][name]) for name, grad in results[0][1].items())
     assert baseline.decoder_blocks[-1].attn.forward.__func__.__name__ == "timm_split_forward"
+
+
+def test_a_bf16_mae_takes_the_fp32_clip_and_builds_its_targets_from_it(make_encoder, make_masks):
+    """The MAE task hands the model its clip in fp32: the tubelet embedding casts what it embeds,
+    and the per-patch targets come from unrounded pixels. From a bf16-rounded clip they were off by
+    several percent in bright, flat patches (normalised values near 2, where bf16 steps are about
+    half a grey level, and the per-patch normalisation divides by a small spread)."""
+    torch.manual_seed(0)
+    mae = MAE(make_encoder(), decoder_depth=2).to(torch.bfloat16)
+    grey = torch.randint(228, 237, (2, 3, 4, 32, 32), generator=torch.Generator().manual_seed(2)).float()
+    video = (grey / 255 - 0.45) / 0.225  # bright, low contrast, normalised as the loader does
+    mask = make_masks(2, 32, 24)
+    loss, extras = mae(video, mask)
+    exact = reference_targets(video, extras["target_idx"], "per_channel")
+    torch.testing.assert_close(loss, torch.nn.functional.mse_loss(extras["pred"].float(), exact))
+    rounded = reference_targets(video.bfloat16().float(), extras["target_idx"], "per_channel")
+    assert (rounded - exact).norm() / exact.norm() > 0.02  # what the bf16 clip gave

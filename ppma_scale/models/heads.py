@@ -2,7 +2,7 @@
 
 Both pool the trunk's tokens by their mean (no class token, as VideoMAE and PPMA). The linear
 head normalises the pooled feature (VideoMAE's `fc_norm`); the probe head is MAE's linear probe,
-a BatchNorm without affine parameters then a linear layer, on a frozen trunk.
+a LayerNorm and a BatchNorm, neither with affine parameters, then a linear layer, on a frozen trunk.
 """
 from __future__ import annotations
 
@@ -30,17 +30,23 @@ class LinearHead(nn.Module):
 
 
 class ProbeHead(nn.Module):
-    """mean-pooled feature -> BatchNorm(affine=False) -> Linear (MAE's linear probe)."""
+    """mean-pooled feature -> LayerNorm -> BatchNorm(affine=False) -> Linear (MAE's linear probe).
+
+    The trunk's final norm is dropped for classification (heads pool first, then normalise), so the
+    pooled feature is normalised here, as MAE's pooled probe (`fc_norm`) and PPMA's pooled feature
+    (the trunk's norm after the mean) are. Its scale and shift would be undone by the BatchNorm
+    that follows, so it has none: no weights to train or to load."""
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
         self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-6)
         self.fc = nn.Linear(dim, num_classes)
         nn.init.trunc_normal_(self.fc.weight, std=0.01)
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.bn(feature))
+        return self.fc(self.bn(self.norm(feature)))
 
 
 class VideoClassifier(nn.Module):

@@ -37,6 +37,22 @@ def test_probe_freezes_the_trunk_and_trains_the_head(make_encoder, video):
     assert model.head.bn.running_mean.abs().sum() > 0  # statistics of the frozen features were tracked
 
 
+def test_the_probe_normalises_each_pooled_feature_before_its_batchnorm(make_encoder, video):
+    """As MAE's pooled linear probe: a LayerNorm (no scale or shift: the BatchNorm would undo them) on
+    each clip's feature, so the probe sees the feature's direction, not the size of the residual
+    stream (the trunk's final norm is dropped for classification)."""
+    model = VideoClassifier(make_encoder(final_norm=False), num_classes=4, head="probe")
+    model.head.train()
+    with torch.no_grad():
+        model.head(torch.randn(64, 48, generator=torch.Generator().manual_seed(0)) * 5 + 2)  # running statistics
+    model.eval()
+    feature = torch.randn(3, 48, generator=torch.Generator().manual_seed(1))
+    scaled = feature * torch.tensor([[0.5], [3.0], [10.0]]) + torch.tensor([[1.0], [-2.0], [0.0]])
+    with torch.no_grad():
+        torch.testing.assert_close(model.head(scaled), model.head(feature), atol=1e-4, rtol=1e-4)
+    assert not any(name.startswith("head.norm") for name in model.state_dict())  # no new weights
+
+
 def test_layer_decay_matcher_puts_head_last(make_encoder):
     from timm.optim import param_groups_layer_decay
     model = VideoClassifier(make_encoder(final_norm=False), num_classes=3)

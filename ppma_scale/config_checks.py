@@ -108,7 +108,7 @@ def _check_mae(cfg: Config, size: Any, sources: dict[str, str]) -> None:
         if value is not None:
             _require(value >= 1, f"mae.{key}", sources, ">= 1 or null", value)
     dim = mae.decoder_dim or size.decoder_dim
-    heads = mae.decoder_heads or max(1, dim // 64)
+    heads = mae.decoder_heads or size.decoder_heads_for(mae.decoder_dim)
     if dim % heads or dim % 2:
         _invalid(["mae.decoder_dim", "mae.decoder_heads"], sources,
                  f"mae.decoder_dim {dim} must be even and divisible by mae.decoder_heads {heads}")

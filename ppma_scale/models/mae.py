@@ -34,8 +34,8 @@ class MAE(nn.Module):
                  decoder_act_checkpoint_every: Optional[int] = None) -> None:
         super().__init__()
         size = encoder.size
+        decoder_heads = decoder_heads or size.decoder_heads_for(decoder_dim)
         decoder_dim = decoder_dim or size.decoder_dim
-        decoder_heads = decoder_heads or max(1, decoder_dim // 64)
         if target_norm not in TARGET_NORMS:
             raise ValueError(f"mae.target_norm must be one of {TARGET_NORMS}, got {target_norm!r}")
         if decoder_depth < 1:

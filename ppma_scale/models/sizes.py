@@ -24,6 +24,7 @@ class ViTSize:
     mlp_ratio: float = 4.0
     patch_size: int = 16
     decoder_dim: int = 512
+    decoder_head_count: Optional[int] = None  # where VideoMAE's are not 64 wide (ViT-H: 8 of 80)
 
     @property
     def head_dim(self) -> int:
@@ -35,8 +36,15 @@ class ViTSize:
 
     @property
     def decoder_heads(self) -> int:
-        """Default decoder heads: 64-wide heads, as VideoMAE's decoders (192/3, 384/6, 512/8)."""
-        return max(1, self.decoder_dim // 64)
+        """Default decoder heads: VideoMAE's, 64-wide (192/3, 384/6, 512/8) except ViT-H's (640/8)."""
+        return self.decoder_head_count or max(1, self.decoder_dim // 64)
+
+    def decoder_heads_for(self, decoder_dim: Optional[int]) -> int:
+        """Default heads of a decoder `decoder_dim` wide (None: this size's own): the table's for
+        this size's width, else 64-wide heads."""
+        if decoder_dim is None or decoder_dim == self.decoder_dim:
+            return self.decoder_heads
+        return max(1, decoder_dim // 64)
 
 
 SIZES: dict[str, ViTSize] = {
@@ -44,7 +52,7 @@ SIZES: dict[str, ViTSize] = {
     "s": ViTSize(embed_dim=384, depth=12, num_heads=6, decoder_dim=192),
     "b": ViTSize(embed_dim=768, depth=12, num_heads=12, decoder_dim=384),
     "l": ViTSize(embed_dim=1024, depth=24, num_heads=16, decoder_dim=512),
-    "h": ViTSize(embed_dim=1280, depth=32, num_heads=16, decoder_dim=640),
+    "h": ViTSize(embed_dim=1280, depth=32, num_heads=16, decoder_dim=640, decoder_head_count=8),
     "g": ViTSize(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=48 / 11, patch_size=14, decoder_dim=512),
 }
 

@@ -35,6 +35,7 @@ def test_stage1_config_builds_full_size_mae_and_trains_a_step(config, published)
     assert count_m(mae.encoder) == pytest.approx(published, rel=0.01)
     assert mae.encoder.act_checkpoint_every == cfg.model.act_checkpoint_every == 1
     assert mae.decoder_embed.out_features == {"l": 512, "h": 640}[cfg.model.size]
+    assert mae.decoder_blocks[0].attn.num_heads == 8  # VideoMAE's: ViT-H's 640-wide decoder has 8 heads, not 10
     assert len(mae.decoder_blocks) == 4
     video = torch.randn(2, 3, cfg.data.num_frames, cfg.data.img_size, cfg.data.img_size)
     visible, _ = mask_counts(mae.encoder.grid, 0.5)

@@ -9,6 +9,7 @@ the head while the source trunks stay frozen. `AveragedTrunk` does that with
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from typing import Iterable, Literal, Mapping, Sequence
 
@@ -58,6 +59,31 @@ def check_weights(weights: Sequence[float], count: int) -> None:
         raise ValueError(f"weights must be finite numbers, got {list(weights)}")
     if any(w < 0 for w in weights) or abs(math.fsum(weights) - 1.0) > 1e-6:
         raise ValueError(f"weights must be non-negative and sum to 1, got {list(weights)} (sum {math.fsum(weights):g})")
+
+
+def fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """A digest of every tensor's name, dtype, shape and bytes: the same weights give the same text
+    on any machine. A blend's sources are not in its checkpoints (they are read again on a resume
+    or an evaluation), so this is how a run knows it is reading the weights it started from."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_same_sources(saved: Sequence[Mapping[str, str]], now: Sequence[Mapping[str, str]], where) -> None:
+    """Raise a ValueError naming each `model.average` source whose weights differ from those the run
+    at `where` recorded (a source run that trained on, or a rotated `latest` checkpoint)."""
+    if len(saved) != len(now):
+        raise ValueError(f"{where} blended {len(saved)} trunks; model.average now names {len(now)}")
+    changed = [f"model.average[{i}] ({b['path']}): weights {b['fingerprint'][:12]}, recorded {a['fingerprint'][:12]}"
+               for i, (a, b) in enumerate(zip(saved, now)) if a["fingerprint"] != b["fingerprint"]]
+    if changed:
+        raise ValueError(f"{where} was trained on a blend of other weights than model.average names now: "
+                         + "; ".join(changed) + ". A run folder's latest checkpoint moves when that run trains "
+                         "on; name the exact step_N folder or an exported weights file the blend started from")
 
 
 def check_distinct(state_dicts: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str]) -> None:

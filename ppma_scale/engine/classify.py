@@ -50,6 +50,9 @@ class ClassifyTask(Task):
         self.classes: list[str] | None = None
         self.train_videos = 0  # in the training manifests (known once label_space() has read them)
         self.averaged_from: list[str] = []
+        self.average_sources: list[dict[str, str]] = []  # path + fingerprint of each blended trunk
+        self.recorded_sources: list[dict[str, str]] | None = None  # those of the checkpoint resumed/evaluated
+        self.recorded_at: Path | None = None
 
     # ---- set-up -------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -103,9 +106,14 @@ class ClassifyTask(Task):
         return self.classes
 
     def checkpoint_record(self) -> dict[str, Any]:
-        return {"classes": list(self.label_space())}  # logit i means classes[i]
+        record: dict[str, Any] = {"classes": list(self.label_space())}  # logit i means classes[i]
+        if self.average_sources:
+            record["average_sources"] = self.average_sources
+        return record
 
     def check_checkpoint_record(self, meta: dict[str, Any], where: Path) -> bool:
+        self.recorded_sources = meta.get("average_sources")  # checked once the sources are read (build_model)
+        self.recorded_at = where
         if meta.get("classes") is None:
             return False
         check_same_classes(meta["classes"], self.label_space(), where)
@@ -124,19 +132,22 @@ class ClassifyTask(Task):
         num_classes = len(self.label_space())
         frames, size = cfg.data.num_frames, cfg.data.img_size
         if cfg.model.average:
-            from .averaging import AveragedTrunk, check_distinct
+            from .averaging import AveragedTrunk, check_distinct, check_same_sources, fingerprint
             from .pretrained import adapted_trunk_state
             factory = partial(build_encoder, cfg.model, frames, size, final_norm=False)
-            states = []
+            states, self.average_sources = [], []
             for i, path in enumerate(cfg.model.average):
                 try:
                     state, source = adapted_trunk_state(factory, path, dist, cfg.run.output)
                 except ValueError as exc:
                     raise ConfigError(f"model.average[{i}]: {exc}") from None
                 states.append(state)
-                _say(dist, f"averaging source {i}: {source.describe()}")
+                self.average_sources.append({"path": str(path), "fingerprint": fingerprint(state)})
+                _say(dist, f"averaging source {i}: {source.describe()}; weights {self.average_sources[-1]['fingerprint'][:12]}")
             try:
                 check_distinct(states, [f"model.average[{i}] ({path})" for i, path in enumerate(cfg.model.average)])
+                if self.recorded_sources is not None and self.resume_from is not None:
+                    check_same_sources(self.recorded_sources, self.average_sources, self.recorded_at)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
             trunk = AveragedTrunk(factory(), states, mode=cfg.model.average_mode, source_names=cfg.model.average)

@@ -236,6 +236,47 @@ def test_adaptive_averaging_refuses_the_same_trunk_twice(tmp_path):
     assert task.build_model(cpu) is not None  # two different trunks blend
 
 
+def test_a_resumed_blend_refuses_sources_that_hold_other_weights_than_it_started_from(tmp_path):
+    """A blend's sources are not in its checkpoints: a resume or an evaluation reads them again. A
+    run folder named there moves on when that run trains on, so the blend would continue (or be
+    scored) over other trunks than the ones alpha and the head were trained with."""
+    import torch
+    from safetensors.torch import save_file
+    from ppma_scale.config import ConfigError
+    from ppma_scale.engine.dist import DistInfo
+    from ppma_scale.engine.tasks import build_task
+    from ppma_scale.models import build_encoder
+    cfg = demo_blend_config("x", "y")
+    paths = [tmp_path / f"trunk{seed}.safetensors" for seed in (0, 1)]
+
+    def write(path, seed):
+        torch.manual_seed(seed)
+        trunk = build_encoder(cfg.model, cfg.data.num_frames, cfg.data.img_size)
+        save_file({k: v.contiguous() for k, v in trunk.state_dict().items()}, path)
+
+    write(paths[0], 0)
+    write(paths[1], 1)
+    cpu = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend="gloo")
+    task = build_task(demo_blend_config(*paths))
+    task.classes = ["a", "b"]
+    task.build_model(cpu)
+    record = task.checkpoint_record()
+    assert [s["path"] for s in record["average_sources"]] == [str(p) for p in paths]
+
+    def resumed():
+        task = build_task(demo_blend_config(*paths))
+        task.classes = ["a", "b"]
+        task.resume_from = tmp_path / "run" / "step_4"
+        task.check_checkpoint_record(record, task.resume_from)
+        return task.build_model(cpu)
+
+    assert resumed() is not None  # the same sources: the blend goes on
+    write(paths[1], 2)  # the second source "trained on"
+    with pytest.raises(ConfigError, match=r"model.average\[1\] \(.*trunk1.safetensors\): weights [0-9a-f]{12}, "
+                                          r"recorded [0-9a-f]{12}.*name the exact step_N folder"):
+        resumed()
+
+
 def test_eval_mode_reaches_the_blended_trunk_so_drop_path_is_off_in_evaluation():
     """The template that runs the blend is outside the module tree: `eval()` on the model holding
     the AveragedTrunk must still switch it (it stayed in training mode, so drop path kept dropping

@@ -8,10 +8,29 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 # fp16 dynamic loss scaling: start at 2**16, halve on overflow, double after 1000 clean steps.
 FP16_INITIAL_SCALE_POWER = 16
 FP16_SCALE_WINDOW = 1000
 PRECISIONS = ("bf16", "fp16", "fp32")
+
+
+def check_precision_supported(precision: str, device: torch.device) -> None:
+    """Refuse, naming train.precision, a precision this rank's device cannot train in. DeepSpeed's
+    own error ("Type fp16 is not supported on your device") names neither the key nor a way out,
+    and a CPU without AVX-512 FP16 (any AVX2-only machine) has no fp16."""
+    from ..config import ConfigError
+    if device.type == "cuda":
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"train.precision=bf16: {torch.cuda.get_device_name(device)} cannot compute in bf16 "
+                              "(A100, H100 and newer can); use fp16 or fp32")
+        return
+    if precision == "fp16":
+        from deepspeed.accelerator import get_accelerator
+        if not get_accelerator().is_fp16_supported():
+            raise ConfigError("train.precision=fp16: DeepSpeed cannot train in fp16 on this CPU (it needs AVX-512 "
+                              "FP16); use bf16 or fp32 here, or run on GPUs")
 
 
 def precision_bytes(precision: str) -> int:

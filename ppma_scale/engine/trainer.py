@@ -24,6 +24,7 @@ from . import dist as distmod
 from .agreement import StopAgreed, agreed
 from .checkpoint import Checkpoint, CheckpointManager
 from .data_args import skipped_samples
+from .ds_config import check_precision_supported
 from .lr_schedule import WarmupCosine, apply_lr, peak_lr
 from .metrics import (EVENTS_FILE, MEMORY_PRESSURE_HINT, LossWindow, MetricsLogger, ThroughputWindow,
                       allocator_retries, peak_memory_gb, read_jsonl, standing_evals)
@@ -145,6 +146,7 @@ class _Trainer:
         self.cfg, self.run_dir, self.task, self.stop = cfg, run_dir, task, stop
         task.stop = stop
         self.dist = distmod.init_distributed(cfg.train.dist_timeout_s)
+        check_precision_supported(cfg.train.precision, self.dist.device)
         check_shared_run_dir(run_dir, self.dist)  # node-local --output would fail only at the first resume
         self.ckpts = CheckpointManager(run_dir / "checkpoints", self.dist, cfg.train.keep_last)
         self._alloc_retries_seen, self._memory_pressure_told = 0, False

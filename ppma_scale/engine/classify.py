@@ -342,10 +342,21 @@ class LinearProbeTask(ClassifyTask):
             raise ValueError(f"train.steps_per_epoch={self.cfg.train.steps_per_epoch}: the linear probe's epoch is every "
                              "cached video once, so the key would be ignored; leave it unset (set train.max_steps "
                              "or train.epochs for the run's length)")
-        aug = self.cfg.augment
+        aug, data = self.cfg.augment, self.cfg.data
         if self.caches_features() and (aug.mixup > 0 or aug.cutmix > 0 or aug.erase_prob > 0 or aug.randaugment):
             raise ValueError("the linear probe caches one pass of features, so per-step augmentation cannot apply: "
                              "set augment.randaugment=null augment.erase_prob=0 augment.mixup=0 augment.cutmix=0")
+        if self.caches_features():  # one pass over every training video, at the test-time views
+            ignored = [f"augment.crop={aug.crop}" if aug.crop != "center" else "",
+                       "augment.flip=true" if aug.flip else "",
+                       f"data.repeat_aug={data.repeat_aug}" if data.repeat_aug != 1 else "",
+                       f"data.mix={data.mix}" if data.mix != "sample" else "",
+                       *(f"data.train[{i}].weight={d.weight:g}" for i, d in enumerate(data.train) if d.weight != 1.0)]
+            if any(ignored):
+                raise ValueError(f"{', '.join(k for k in ignored if k)}: the linear probe caches the features of every "
+                                 "training video once, at the test-time views (data.test_clips x data.test_crops), so "
+                                 "random crops, flips, repeated views and dataset weights cannot apply; set "
+                                 "augment.crop=center augment.flip=false data.repeat_aug=1, and no dataset weights")
 
     def build_train_stream(self, dist: DistInfo, engine: nn.Module) -> TrainStream:
         if not self.caches_features():

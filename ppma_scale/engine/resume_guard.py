@@ -196,10 +196,20 @@ def compare_configs(old: dict, new: dict) -> list[ConfigChange]:
         if list_key != key and list_key in before and len(before[list_key]) != len(after[list_key]):
             continue  # covered by the whole-list change above
         kind = classify_key(key)
+        if key in CACHED_VIEW_KEYS and _caches_features(after):
+            kind = "defining"  # the views the probe's training features are computed from
         if key == "optim.layer_decay" and (before[key] is None) != (after[key] is None):
             kind = "incompatible"  # one AdamW group per layer or not: the saved optimizer state has the other shape
         changes.append(ConfigChange(key, before[key], after[key], kind))
     return changes
+
+
+CACHED_VIEW_KEYS = ("data.test_clips", "data.test_crops")
+
+
+def _caches_features(flat: dict[str, Any]) -> bool:
+    """A linear probe that caches its training features (a blended trunk does not: see LinearProbeTask)."""
+    return flat.get("run.task") == "linprobe" and not flat.get("model.average")
 
 
 def past_end_message(ckpt: Checkpoint, total: int, how: str) -> str:

@@ -105,6 +105,20 @@ def test_config_keys_are_operational_defining_or_incompatible():
     assert [(c.key, c.kind) for c in compare_configs(old, more)] == [("data.train", "defining")]
 
 
+def test_test_time_views_define_a_linear_probe_that_caches_its_training_features():
+    """The cached probe's training features are computed at data.test_clips x data.test_crops views:
+    changing them on a resume changes its training data (elsewhere they only change evaluations)."""
+    def kinds(task, average=None):
+        model = {"average": average} if average else {}
+        old = config_to_dict(build_config({"run": {"task": task}, "model": model, "data": {"train": ["/a/m.json"]}}))
+        new = config_to_dict(build_config({"run": {"task": task}, "model": model,
+                                           "data": {"train": ["/a/m.json"], "test_clips": 1, "test_crops": 1}}))
+        return {c.key: c.kind for c in compare_configs(old, new)}
+    assert kinds("linprobe") == {"data.test_clips": "defining", "data.test_crops": "defining"}
+    assert kinds("classify") == {"data.test_clips": "operational", "data.test_crops": "operational"}
+    assert kinds("linprobe", ["/a", "/b"]) == {"data.test_clips": "operational", "data.test_crops": "operational"}
+
+
 def test_a_shape_spelled_out_equal_to_its_size_row_is_no_change():
     base = {"data": {"train": ["/a/m.json"]}, "model": {"size": "b"}}
     old = config_to_dict(build_config(base))

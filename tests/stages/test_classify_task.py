@@ -60,6 +60,11 @@ def test_user_errors_stop_the_run_before_any_work(capsys, tmp_path, tiny_shards,
     data = [f"data.train={tiny_shards['downstream_train']}", f"data.val={tiny_shards['downstream_val']}"]
     err = launch_errors(capsys, tmp_path, "linprobe_test.yaml", *data, "augment.mixup=0.8")
     assert "caches one pass of features" in err and "augment.mixup=0" in err
+    # random crops, flips, repeated views and weights would be ignored: the cache holds the test-time views
+    err = launch_errors(capsys, tmp_path, "linprobe_test.yaml", *data, "augment.flip=true", "data.repeat_aug=2",
+                        "augment.crop=random_resized")
+    assert "augment.crop=random_resized, augment.flip=true, data.repeat_aug=2: the linear probe caches the " \
+           "features of every training video once, at the test-time views" in err
     err = launch_errors(capsys, tmp_path, "linprobe_test.yaml", *data, f"model.init={tmp_path / 'nope'}")
     assert "model.init" in err and "does not exist" in err
     err = launch_errors(capsys, tmp_path, "linprobe_test.yaml", *data, "model.num_classes=101")

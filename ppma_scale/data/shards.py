@@ -11,6 +11,7 @@ size differs from the manifest's, stops the run at start-up instead of silently 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,7 +240,28 @@ def label_space(manifests: Sequence[Manifest], classes: str | Sequence[str] | No
             if name not in seen:
                 seen.add(name)
                 names.append(name)
+    check_one_spelling(manifests)
     return names
+
+
+def _spelling_key(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", name).strip().casefold()
+
+
+def check_one_spelling(manifests: Sequence[Manifest]) -> None:
+    """Refuse a union of manifests that spell one class two ways ('jumping_jacks' / 'Jumping Jacks'):
+    each spelling would get its own logit, so the datasets would never share that class."""
+    first: dict[str, tuple[str, int]] = {}
+    clashes = []
+    for index, manifest in enumerate(manifests):
+        for name in manifest.classes:
+            other, where = first.setdefault(_spelling_key(name), (name, index))
+            if other != name and where != index and len(clashes) < 5:
+                clashes.append(f"{other!r} ({manifests[where].dataset}) / {name!r} ({manifest.dataset})")
+    if clashes:
+        raise ValueError("data.train: the manifests spell the same classes differently, so each spelling would be a "
+                         f"class of its own: {'; '.join(clashes)}. Rename them in one manifest's 'classes' list to "
+                         "match, or, if they really are different classes, list every name in data.classes")
 
 
 def map_labels(classes: Sequence[str], space: Sequence[str], what: str, require: bool) -> np.ndarray:

@@ -165,6 +165,12 @@ def test_label_space_by_class_name(make_shards, tmp_path):
         stream([a], classes=str(names), require_labels=True)
     c = make_shards("c", [4], classes=["run", "sit", "wave", "jump"])
     assert stream([a, c]).classes == ["wave", "jump", "squat", "walk", "run", "sit"]  # union, first set first
+    d = make_shards("d", [4], classes=["Wave", "jump", "squat_down", "walk"])  # another dataset's spelling
+    with pytest.raises(ValueError, match=r"spell the same classes differently.*'wave' \(a\) / 'Wave' \(d\)"):
+        stream([a, d])  # it would be a 6-way head where the datasets share 2 classes
+    both = tmp_path / "both.txt"
+    both.write_text("wave\nWave\njump\nsquat\nsquat_down\nwalk\n")
+    assert len(stream([a, d], classes=str(both)).classes) == 6  # named on purpose: kept apart
 
 
 def test_close_stops_the_workers_while_a_batch_is_still_held(make_shards):

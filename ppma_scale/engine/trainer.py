@@ -339,6 +339,10 @@ class _Trainer:
             saved = (train.ckpt_every and step % train.ckpt_every == 0) or step == schedule.total or stop_signal
             if saved:  # before an evaluation: a job killed during it keeps this step
                 last_ckpt = self._save(engine, stream, step, schedule, log)
+                if not stop_signal and step < schedule.total:  # a signal during the save: stop at this checkpoint
+                    stop_signal = int(distmod.all_reduce_max(self.stop.signum, dist.device))
+                    if stop_signal and not logged:
+                        log_step()
             if task.evaluates() and schedule.eval_due(step, train.eval_every) and not stop_signal:
                 stop_signal = self._evaluate(engine, step, schedule, dtype, log)
                 if stop_signal and not logged:

@@ -371,6 +371,21 @@ def test_adaptive_averaging_learns_alpha_and_stores_no_trunk_copies(averaged):
     assert event["mix_trunk0"] == pytest.approx(weights[0].item(), abs=1e-4)
 
 
+def test_an_averaged_run_exports_its_blend_as_a_trunk_others_start_from(averaged, align, mae_weights, tmp_path):
+    """Its checkpoints hold alpha and the head only; export rebuilds the blend from the sources (the
+    file had alpha and a head, which model.init and convert could not read)."""
+    from ppma_scale.export import export_checkpoint
+    from ppma_scale.models.convert import load_weights_file
+    run_dir, _ = averaged
+    exported = load_weights_file(export_checkpoint(run_dir, tmp_path / "blend.safetensors"))
+    assert "encoder.alpha" not in exported and any(k.startswith("head.") for k in exported)
+    weights = torch.softmax(read_state_dict(run_dir)["encoder.alpha"].double(), 0)
+    a, b = read_trunk(mae_weights).state, read_trunk(align[0]).state
+    key = "blocks.0.attn.qkv.weight"
+    torch.testing.assert_close(exported[f"encoder.{key}"].double(), weights[0] * a[key].double() + weights[1] * b[key].double())
+    assert read_trunk(tmp_path / "blend.safetensors").state[key].shape == a[key].shape  # a trunk model.init takes
+
+
 def test_average_cli_equals_a_hand_computed_average(work, mae_weights, align):
     from ppma_scale.average import main
     out = work / "soup.safetensors"

@@ -80,7 +80,7 @@ def export_checkpoint(source: str | Path, output: str | Path | None = None, dtyp
         raise ValueError(f"the output {output} is inside {ckpt.root}, the checkpoints being exported: write "
                          "it elsewhere (default: RUN_DIR/export/)")
     refuse_replacing_outputs([output], overwrite)
-    from .engine.blend_export import is_blend, materialized_blend
+    from .engine.blend_export import checkpoint_blend, is_blend
     from .engine.resume_guard import saved_config
     state = consolidated_state_dict(ckpt)
     marker = json.loads((ckpt.path / "ppma_complete.json").read_text())
@@ -88,7 +88,7 @@ def export_checkpoint(source: str | Path, output: str | Path | None = None, dtyp
     metadata = {"format": "ppma_scale", "task": str(marker.get("task", "")), "step": str(ckpt.step),
                 "dtype": dtype, "source": str(ckpt.path)}
     if is_blend(state):  # alpha and a head: the trunk is rebuilt from the blended sources
-        state = materialized_blend(state, config, marker, ckpt.path)
+        state = checkpoint_blend(ckpt, state)
         metadata["blended_from"] = json.dumps(config["model"]["average"])
     state = {k: v.to(DTYPES[dtype]) for k, v in state.items()}
     if marker.get("classes"):  # logit i is classes[i]; `ppma-convert --to hf` turns it into id2label

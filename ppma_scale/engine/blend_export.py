@@ -3,7 +3,8 @@
 Such a run's checkpoints hold only alpha (the mixing logits) and the head: the blended trunks are
 frozen buffers, read from `model.average`'s sources at every start, and not saved. Export rebuilds
 the blend from those sources, checked against the weights fingerprints the checkpoint recorded,
-and writes `encoder.*` (the blend) with the head, which every reader of trunks and classifiers takes.
+and writes `encoder.*` (the blend) with the head, which every reader of trunks and classifiers takes
+(export, and `model.init` / `model.average` naming such a run).
 """
 from __future__ import annotations
 
@@ -19,6 +20,16 @@ ALPHA_KEY = "encoder.alpha"
 def is_blend(state: dict[str, torch.Tensor]) -> bool:
     """Weights of an adaptive-averaging run (alpha and a head, no trunk)."""
     return ALPHA_KEY in state
+
+
+def checkpoint_blend(ckpt, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`materialized_blend` for the checkpoint `ckpt`, from its own marker and config."""
+    import json
+    from .checkpoint import MARKER
+    from .resume_guard import saved_config
+    marker = json.loads((ckpt.path / MARKER).read_text())
+    config, _ = saved_config(ckpt, marker)
+    return materialized_blend(state, config, marker, ckpt.path)
 
 
 def materialized_blend(state: dict[str, torch.Tensor], config: dict[str, Any] | None, marker: dict[str, Any],

@@ -72,8 +72,11 @@ def read_state_dict(path: str | Path) -> StateDict:
                                 "checkpoint folder, a .safetensors/.pt file or a Hugging Face model folder)")
     if is_run_or_checkpoint(location):
         from ..export import consolidated_state_dict
+        from .blend_export import checkpoint_blend, is_blend
         from .checkpoint import find_checkpoint
-        return consolidated_state_dict(find_checkpoint(location, what="pretrained weights"))
+        ckpt = find_checkpoint(location, what="pretrained weights")
+        state = consolidated_state_dict(ckpt)
+        return checkpoint_blend(ckpt, state) if is_blend(state) else state  # an averaging run: its blend
     return load_weights_file(location)
 
 

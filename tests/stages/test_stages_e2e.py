@@ -359,10 +359,17 @@ def test_an_evaluation_rank_that_reads_nothing_stops_every_rank_with_its_reason(
     assert "Traceback" not in done[0].stderr and not out.exists()
 
 
+def stored_weights(run_dir: Path) -> dict:
+    """What the run's latest checkpoint holds (read_state_dict gives an averaging run's blend instead)."""
+    from ppma_scale.engine.checkpoint import find_checkpoint
+    from ppma_scale.export import consolidated_state_dict
+    return consolidated_state_dict(find_checkpoint(run_dir))
+
+
 def test_adaptive_averaging_learns_alpha_and_stores_no_trunk_copies(averaged):
     run_dir, stdout = averaged
     assert stdout.count("averaging source") == 2
-    state = read_state_dict(run_dir)
+    state = stored_weights(run_dir)
     assert {k for k in state if k.startswith("encoder.")} == {"encoder.alpha"}  # sources are re-read, not saved
     alpha = state["encoder.alpha"]
     assert alpha.shape == (2,) and alpha.abs().max() > 0  # started at 0 (uniform): the gradient reached it
@@ -372,18 +379,19 @@ def test_adaptive_averaging_learns_alpha_and_stores_no_trunk_copies(averaged):
 
 
 def test_an_averaged_run_exports_its_blend_as_a_trunk_others_start_from(averaged, align, mae_weights, tmp_path):
-    """Its checkpoints hold alpha and the head only; export rebuilds the blend from the sources (the
-    file had alpha and a head, which model.init and convert could not read)."""
+    """Its checkpoints hold alpha and the head only; export (and model.init of the run) rebuilds the
+    blend from the sources (the file had alpha and a head, which model.init and convert could not read)."""
     from ppma_scale.export import export_checkpoint
     from ppma_scale.models.convert import load_weights_file
     run_dir, _ = averaged
     exported = load_weights_file(export_checkpoint(run_dir, tmp_path / "blend.safetensors"))
     assert "encoder.alpha" not in exported and any(k.startswith("head.") for k in exported)
-    weights = torch.softmax(read_state_dict(run_dir)["encoder.alpha"].double(), 0)
+    weights = torch.softmax(stored_weights(run_dir)["encoder.alpha"].double(), 0)
     a, b = read_trunk(mae_weights).state, read_trunk(align[0]).state
     key = "blocks.0.attn.qkv.weight"
     torch.testing.assert_close(exported[f"encoder.{key}"].double(), weights[0] * a[key].double() + weights[1] * b[key].double())
     assert read_trunk(tmp_path / "blend.safetensors").state[key].shape == a[key].shape  # a trunk model.init takes
+    assert torch.equal(read_trunk(run_dir).state[key], exported[f"encoder.{key}"])  # model.init of the run itself
 
 
 def test_average_cli_equals_a_hand_computed_average(work, mae_weights, align):
@@ -417,6 +425,6 @@ def test_linear_probe_and_averaging_under_zero3_bf16(work, tiny_shards, align, m
     deepspeed("finetune.py", "finetune_test.yaml", avg_dir, "train.zero_stage=3", "train.precision=bf16",
               "model.init=null", f"model.average=[{mae_weights}, {align[0]}]",
               f"data.train={tiny_shards['downstream_train']}", f"data.val={tiny_shards['downstream_val']}")
-    alpha = read_state_dict(avg_dir)["encoder.alpha"]
+    alpha = stored_weights(avg_dir)["encoder.alpha"]
     assert alpha.shape == (2,) and alpha.abs().max() > 0
     assert only_eval(avg_dir)["videos"] == 8

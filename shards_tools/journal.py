@@ -12,21 +12,18 @@
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
 import os
 import re
-import socket
 import tarfile
-import time
 from pathlib import Path
 from typing import Any
 
 import webdataset as wds
 
 from ppma_scale.atomic import write_text_atomic
+from ppma_scale.folder_lock import FolderLock, FolderLocked
 
 JOURNAL_NAME = ".pack-journal.jsonl"
 LOCK_NAME = ".pack.lock"  # hidden, and no shard name: never taken for a shard or a file another job wrote
@@ -159,80 +156,12 @@ def remove_unlisted_shards(folder: Path, prefix: str, keep: set[str]) -> None:
             path.unlink()
 
 
-class OutputLocked(ValueError):
-    """Another pack job holds the output folder's lock."""
+OutputLocked = FolderLocked  # another pack job holds the output folder's lock
 
 
-class OutputLock:
-    """An exclusive, non-blocking `flock` on `folder/.pack.lock`, held for a whole pack job (a context
-    manager). A second job on the same folder fails at once with an error naming the folder and the
-    holder (pid, host, start time, as the holder wrote them into the file).
-
-    The lock dies with its process, so a file left by a crash (kill -9) blocks nothing. A job that
-    ends removes the file while still holding the lock, so a finished folder holds no file of it; a
-    job that opened the old file meanwhile notices (the path then names another file or none) and
-    retries on the new one, so two jobs never both hold "the" lock.
-
-    In a folder this process may not write (a finished set on read-only storage) no lock is taken
-    (`held` stays False): no job of ours can write there, and checking that the set is already
-    packed needs no lock; anything else the job tried there would fail on its first write.
-    """
+class OutputLock(FolderLock):
+    """The pack job's lock on its output folder (`FolderLock` on `.pack.lock`)."""
 
     def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        self.path = self.folder / LOCK_NAME
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def acquire(self) -> None:
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            except OSError as exc:
-                if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                    return  # read-only folder: see the class docstring
-                raise
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-                os.close(fd)
-                raise OutputLocked(
-                    f"output folder {self.folder} is being written by another ppma-pack job "
-                    f"({holder or 'its pid/host not recorded yet'}; lock file {self.path}): wait for it to "
-                    "finish (rerunning the same command then resumes or reuses its set) or choose another "
-                    "--output") from None
-            except BaseException:
-                os.close(fd)
-                raise
-            try:
-                current = os.stat(self.path)
-                same = (current.st_dev, current.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # the holder removed the file between our open and flock: lock the path's file now
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}, since "
-                      f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}\n".encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        try:
-            self.path.unlink(missing_ok=True)  # while still held: see the class docstring
-        finally:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "OutputLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
+        super().__init__(folder, LOCK_NAME, "ppma-pack job", "wait for it to finish (rerunning the same "
+                         "command then resumes or reuses its set) or choose another --output")

@@ -13,8 +13,10 @@ import math
 import random
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -132,10 +134,34 @@ def run(cfg: Config, run_dir: str | Path | None = None, resume: str = "auto", ta
     stop = StopRequest()
     try:
         trainer = _Trainer(cfg, run_dir, task, stop)
-        plan = checked_resume_plan(plan, cfg, task, run_dir, resume, allow_config_change, trainer.dist)
-        return trainer.train(plan)
+        with run_folder_lock(run_dir):
+            plan = checked_resume_plan(plan, cfg, task, run_dir, resume, allow_config_change, trainer.dist)
+            return trainer.train(plan)
     finally:
         stop.close()
+
+
+RUN_LOCK = ".run.lock"
+
+
+@contextmanager
+def run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """Rank 0 holds `run_dir`'s lock for the whole run; a second job on the folder is refused on
+    every rank (ConfigError, nothing written). Two jobs there used to both train and both report
+    "finished", their checkpoints and metrics interleaved in one folder."""
+    from ..folder_lock import FolderLock, FolderLocked
+    lock = FolderLock(run_dir, RUN_LOCK, "training job", "wait for it to end, or choose another --output")
+
+    def acquire() -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+
+    distmod.computed_on_rank0(acquire, f"locking the run folder {run_dir}", expected=(FolderLocked,),
+                              raise_as=ConfigError)  # the other ranks only hear the verdict
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 RESUMED_GROUP_KEYS = ("weight_decay", "betas", "eps", "lr_scale")  # AdamW group settings the config decides

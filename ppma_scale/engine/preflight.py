@@ -31,6 +31,8 @@ def validate(cfg: Config, task: Task, run_dir: str | Path | None = None, resume:
     group exists (`checked_resume_plan`)."""
     if deep is None:
         deep = distmod.launched_world_size() == 1
+    if run_dir is not None:
+        check_run_dir_is_a_folder(Path(run_dir))
     plan = _resume_plan(cfg, task, run_dir, resume, allow_config_change, deep)
     task.validate()
     if plan.checkpoint is not None:  # e.g. a re-packed manifest lists the same classes in another order
@@ -47,7 +49,24 @@ def validate(cfg: Config, task: Task, run_dir: str | Path | None = None, resume:
         raise ValueError("train.ckpt_every and train.eval_every must be >= 0 (0 = only at the end)")
     if train.max_steps is None and train.epochs <= 0:
         raise ValueError(f"train.epochs must be positive (or set train.max_steps), got {train.epochs}")
+    world = task.world_size()
+    batches = task.batches_per_epoch(world)
+    if batches is not None:  # the run's own schedule, so its checks (e.g. min_lr above the peak) come now
+        from .trainer import _Schedule
+        start = plan.checkpoint.step if plan.checkpoint is not None else 0
+        _Schedule(cfg, batches, world, start, plan.meta.get("epoch"), plan.meta.get("epoch_before"))
     return plan
+
+
+def check_run_dir_is_a_folder(run_dir: Path) -> None:
+    """ValueError when `run_dir`, or the nearest of its parents that exists, is not a directory (it
+    was found only when the first run file was written, after DeepSpeed had started)."""
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(f"--output {run_dir}: {folder} is a file, not a directory (a run folder holds the "
+                                 "run's checkpoints, logs and config)")
+            return
 
 
 def check_same_shards(task: Task, meta: dict, where: Path) -> None:

@@ -85,7 +85,7 @@ def name_some(names: Sequence[str], shown: int = 5) -> str:
 
 def load_manifest(path: str | Path) -> Manifest:
     """Read a manifest.json (or the folder holding one), with errors that name the file and field."""
-    path = Path(path)
+    path = Path(path).expanduser()  # a `~` a shell left alone, as in data.train=~/shards (after the =)
     if path.is_dir():
         path = path / MANIFEST_NAME
     if not path.is_file():

@@ -119,6 +119,15 @@ def test_brace_pattern_and_pipe_urls(make_shards, tmp_path):
     assert load_manifest(manifest_path).num_samples == 6
 
 
+def test_a_manifest_named_from_the_home_folder_is_found(make_shards, monkeypatch):
+    """bash leaves `~` alone after `data.train=`, so the path arrives with it."""
+    manifest_path = make_shards("a", [3, 3])
+    monkeypatch.setenv("HOME", str(manifest_path.parent.parent))
+    named = f"~/{manifest_path.parent.name}/{manifest_path.name}"
+    assert load_manifest(named).num_samples == 6
+    assert sorted(take_keys(stream([named]), 3)) == sorted(take_keys(stream([manifest_path]), 3))
+
+
 def test_a_pipe_stream_is_read_forwards_once_per_shard(make_shards):
     """Reading a shuffled block from a forward-only stream must not reopen it for every sample."""
     from ppma_scale.data.consumer import _Consumer

@@ -198,6 +198,8 @@ def compare_configs(old: dict, new: dict) -> list[ConfigChange]:
         kind = classify_key(key)
         if key in CACHED_VIEW_KEYS and _caches_features(after):
             kind = "defining"  # the views the probe's training features are computed from
+        if key == "model.average" and len(before[key] or []) != len(after[key] or []):
+            kind = "incompatible"  # alpha has one logit per trunk: the saved one has another shape
         if key == "optim.layer_decay" and (before[key] is None) != (after[key] is None):
             kind = "incompatible"  # one AdamW group per layer or not: the saved optimizer state has the other shape
         changes.append(ConfigChange(key, before[key], after[key], kind))

@@ -119,6 +119,16 @@ def test_test_time_views_define_a_linear_probe_that_caches_its_training_features
     assert kinds("linprobe", ["/a", "/b"]) == {"data.test_clips": "operational", "data.test_crops": "operational"}
 
 
+def test_another_number_of_blended_trunks_cannot_resume():
+    """alpha holds one logit per trunk: --allow-config-change could not load it, so it is not offered."""
+    def kind(old, new):
+        configs = [config_to_dict(build_config({"run": {"task": "classify"}, "model": {"average": a, "init": None},
+                                                "data": {"train": ["/a/m.json"]}})) for a in (old, new)]
+        return {c.key: c.kind for c in compare_configs(*configs)}["model.average"]
+    assert kind(["/a", "/b"], ["/a", "/b", "/c"]) == "incompatible"
+    assert kind(["/a", "/b"], ["/a", "/moved/b"]) == "defining"  # allowed with --allow-config-change
+
+
 def test_a_shape_spelled_out_equal_to_its_size_row_is_no_change():
     base = {"data": {"train": ["/a/m.json"]}, "model": {"size": "b"}}
     old = config_to_dict(build_config(base))

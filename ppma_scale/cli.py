@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import Config, ConfigError, build_config, fill_missing, missing_keys, read_config
+from .config import Config, ConfigError, RunConfig, _where, build_config, fill_missing, missing_keys, read_config
 
 EXIT_CONFIG_ERROR = 2
 EXIT_NONFINITE = 3
@@ -68,7 +69,13 @@ def parse_launch_args(argv: list[str], stage: str) -> LaunchArgs:
         parser.error(f"--world-size must be >= 1, got {args.world_size}")
     if not 0 < args.mfu <= 1 or (args.peak_tflops is not None and args.peak_tflops <= 0):
         parser.error(f"--mfu must be in (0, 1] and --peak-tflops positive, got {args.mfu} and {args.peak_tflops}")
-    return LaunchArgs(config=args.config, overrides=list(args.overrides), output=args.output, resume=args.resume,
+    output = args.output
+    if output is not None and output.startswith("~"):  # bash leaves a quoted "~/x" alone: not a folder named ~
+        try:
+            output = str(Path(output).expanduser())
+        except RuntimeError:  # no home directory to expand it to: the path as given
+            pass
+    return LaunchArgs(config=args.config, overrides=list(args.overrides), output=output, resume=args.resume,
                       allow_config_change=args.allow_config_change, dry_run=args.dry_run, world_size=args.world_size,
                       mfu=args.mfu, peak_tflops=args.peak_tflops)
 
@@ -78,14 +85,27 @@ def _fail(stage: str, message: str, code: int) -> int:
     return code
 
 
-def _load_for_resume(args: LaunchArgs, stage: str) -> Config:
+def _check_task(raw: dict, sources: dict[str, str], stage: str, tasks: tuple[str, ...]) -> None:
+    """Refuse a config written for another stage's launcher, before its `???` keys are asked for."""
+    run = raw.get("run")
+    task = run.get("task", RunConfig.task) if isinstance(run, dict) else RunConfig.task
+    if isinstance(task, str) and task in typing.get_args(typing.get_type_hints(RunConfig)["task"]) \
+            and task not in tasks:  # an unknown task is left to the schema's message
+        raise ConfigError(f"run.task={task!r}{_where('run.task', sources)}, but launch/{stage}.py runs "
+                          f"{' or '.join(repr(t) for t in tasks)}: use the launch script of that stage")
+
+
+def _load_for_resume(args: LaunchArgs, stage: str, tasks: tuple[str, ...] | None = None) -> Config:
     """The validated config; when it leaves keys `???` and the run it resumes has values for them
     (align's `model.init` on a restart), those values are taken, and said so: a resume reads its
-    weights from the checkpoint, so the user need not repeat what only the first launch used."""
+    weights from the checkpoint, so the user need not repeat what only the first launch used.
+    `tasks`: the launcher's; a config whose run.task is another is refused first."""
     raw, sources = read_config(args.config, args.overrides)
+    if tasks is not None:
+        _check_task(raw, sources, stage, tasks)
     if missing_keys(raw):
         from .engine.resume_guard import resumed_run_config
-        output = args.output or (raw.get("run") or {}).get("output")
+        output = args.output if args.output is not None else (raw.get("run") or {}).get("output")
         saved, where = resumed_run_config(output if isinstance(output, str) else None, args.resume)
         if saved is not None:
             source = f"{where}, the config of the run being resumed"
@@ -101,8 +121,10 @@ def launch(argv: list[str], *, stage: str, tasks: tuple[str, ...]) -> int:
     """Parse, load and validate the config, train; the process exit code."""
     args = parse_launch_args(argv, stage)
     try:
-        cfg = _load_for_resume(args, stage)
-        if args.output:  # before the resume checks compare configs: the run's directory is --output's
+        if args.output is not None and not args.output.strip():  # not the config's run.output instead
+            raise ConfigError("--output is an empty path; was a shell variable unset?")
+        cfg = _load_for_resume(args, stage, tasks)
+        if args.output is not None:  # before the resume checks compare configs: the run's directory is --output's
             cfg.run.output = str(Path(args.output))
         if cfg.run.task not in tasks:
             raise ConfigError(f"run.task={cfg.run.task!r}, but launch/{stage}.py runs "
@@ -115,8 +137,8 @@ def launch(argv: list[str], *, stage: str, tasks: tuple[str, ...]) -> int:
         if args.dry_run:
             from .engine.dist import launched_world_size
             task.planned_world_size = args.world_size or launched_world_size()
-        plan = validate(cfg, task, args.output or cfg.run.output, args.resume, args.allow_config_change,
-                        deep=True if args.dry_run else None)
+        plan = validate(cfg, task, args.output if args.output is not None else cfg.run.output, args.resume,
+                        args.allow_config_change, deep=True if args.dry_run else None)
         if args.dry_run:
             return _dry_run(stage, args, cfg, task, plan)
     except (ConfigError, ValueError, FileNotFoundError) as exc:

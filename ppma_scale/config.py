@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from .config_files import ConfigError, DuplicateKeyError, load_yaml, read_with_bases
+from .config_files import ConfigError, DuplicateKeyError, _deep_merge, _dotted_keys, load_yaml, read_with_bases
 
 MISSING_VALUE = "???"  # a YAML value that must be filled in by a child config or the command line
 
@@ -261,21 +262,95 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = load_yaml(text) if text.strip() else ""
     except DuplicateKeyError as exc:
         raise ConfigError(f"override {item!r}: {exc}") from None
-    except yaml.YAMLError:
-        value = text
+    except yaml.YAMLError as exc:
+        if text.lstrip().startswith(("[", "{")):  # meant as a list or mapping: as a string it would mislead later
+            problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at character {mark.column + 1} of the value" if mark is not None and mark.line == 0 else ""
+            raise ConfigError(f"override {key}={text}: the value is not valid YAML ({problem}{at}); check its "
+                              "brackets, and quote the whole override for the shell") from None
+        value = text  # plain text YAML cannot read (e.g. `a: b: c`) is meant as that text
     return key, value
 
 
+_KEY_PART = re.compile(r"([^\[\]]+)((?:\[\d+\])*)")
+
+
 def _set_dotted(raw: dict, key: str, value: Any, sources: dict[str, str], source: str) -> None:
-    node = raw
-    parts = key.split(".")
-    for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {key}: {'.'.join(parts[:depth + 1])} is a value, not a section")
-        node = child
-    node[parts[-1]] = value
+    """Set `key` (`a.b`, or `a.b[0].c` in an existing list entry) in `raw`. A mapping given where a
+    mapping is already merges into it, as a `base:` child's section does: only the keys it names change."""
+    steps: list[str | int] = []  # section names and list indices, in order
+    for part in key.split("."):
+        match = _KEY_PART.fullmatch(part)
+        if match is None:
+            raise ConfigError(f"override {key}: {part!r} is not a key or key[index] (e.g. data.train[0].weight)")
+        steps.append(match.group(1))
+        steps += [int(i) for i in re.findall(r"\d+", match.group(2))]
+    node: Any = raw
+    path = ""  # the dotted name of `node`, for messages
+    for depth, step in enumerate(steps):
+        last = depth == len(steps) - 1
+        name = f"{path}[{step}]" if isinstance(step, int) else f"{path}.{step}".lstrip(".")
+        if isinstance(step, int):
+            if not isinstance(node, list):
+                raise ConfigError(f"override {key}: {path} is not a list, it is {node!r}; give the whole list, "
+                                  f"e.g. {_whole_list_hint(path, key, value)}")
+            if not 0 <= step < len(node):
+                have = f"{len(node)} entr{'y' if len(node) == 1 else 'ies'}" if node else "none"
+                raise ConfigError(f"override {key}: {path} has no entry {step} (it has {have}); give the "
+                                  f"whole list, e.g. {_whole_list_hint(path, key, value)}")
+            if last:
+                break
+            if not isinstance(node[step], dict) and isinstance(steps[depth + 1], str):
+                raise ConfigError(f"override {key}: {name} is {node[step]!r}, not a mapping; give the whole "
+                                  f"list, e.g. {_whole_list_hint(path, key, value)}")
+        else:
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {path} is a value, not a section")
+            if last:
+                break
+            following = steps[depth + 1]
+            child = node.get(step)
+            if isinstance(child, list) and isinstance(following, str):
+                indexed = key.replace(f"{name}.{following}", f"{name}[{following}]", 1)
+                how = f"set one entry's key as {indexed}={_shown(value)}, or " if following.isdigit() else ""
+                raise ConfigError(f"override {key}: {name} is a list: {how}give the whole list, e.g. "
+                                  f"{_whole_list_hint(name, key, value)}")
+            if step not in node:
+                if isinstance(following, int):
+                    raise ConfigError(f"override {key}: {name} has no entry {following} (it has none); give the "
+                                      f"whole list, e.g. {_whole_list_hint(name, key, value)}")
+                node[step] = {}
+        node, path = node[step], name
+    step = steps[-1]
+    here = node[step] if isinstance(step, int) else node.get(step)
+    if isinstance(value, dict) and isinstance(here, dict):
+        _deep_merge(here, value)  # a section given as a mapping changes only the keys it names
+        for sub in _dotted_keys(value):
+            sources[f"{key}.{sub}"] = source
+        return
+    node[step] = value
+    for old in [k for k in sources if k.startswith((key + ".", key + "["))]:
+        del sources[old]  # the file's (or an earlier override's) parts of a value now replaced whole
     sources[key] = source
+
+
+def _shown(value: Any) -> str:
+    """A scalar override value as it would be typed; `...` for anything else."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value) if isinstance(value, (int, float, str)) and str(value) else "..."
+
+
+def _whole_list_hint(path: str, key: str, value: Any) -> str:
+    """`data.train=[{manifest: ..., weight: 2}, ...]` for an override `data.train[0].weight=2`."""
+    sub = key[len(path):].lstrip("0123456789[].") if key.startswith(path) else ""
+    shown = _shown(value)
+    if not sub:
+        return f"{path}=[{shown}, ...]"
+    entry = f"manifest: ..., {sub}: {shown}" if path in ("data.train", "data.val") and sub != "manifest" \
+        else f"{sub}: {shown}"
+    return f"{path}=[{{{entry}}}, ...]"
 
 
 def _build(cls: type, raw: Any, sources: dict[str, str], prefix: str) -> Any:
@@ -358,12 +433,12 @@ def _type_error(dotted: str, sources: dict[str, str], expected: str, value: Any)
 
 
 def _where(dotted: str, sources: dict[str, str]) -> str:
-    key = dotted.split("[")[0]
+    key = dotted  # `data.train[0].weight`, then `data.train[0]`, `data.train`, `data`
     while key:
         if key in sources:
             return f" (set in {sources[key]})"
-        key = key.rpartition(".")[0]
-    below = [src for k, src in sources.items() if k.startswith(dotted + ".")]
+        key = key[:key.rindex("[")] if key.endswith("]") else key.rpartition(".")[0]
+    below = [src for k, src in sources.items() if k.startswith((dotted + ".", dotted + "["))]
     return f" (set in {below[0]})" if below else ""
 
 

@@ -19,6 +19,8 @@ def check_values(cfg: Config, sources: dict[str, str] | None = None) -> None:
     traceback on every rank; here a bad value fails in a second, naming its key and its file.
     """
     sources = sources or {}
+    _require(0 <= cfg.run.seed < 2**32, "run.seed", sources, "an integer in [0, 2**32) (numpy's seed range)",
+             cfg.run.seed)
     _check_paths(cfg, sources)
     size = _check_model(cfg, sources)
     _check_mae(cfg, size, sources)
@@ -146,6 +148,12 @@ def _check_augment(cfg: Config, sources: dict[str, str]) -> None:
         _require(getattr(aug, key) >= 0, f"augment.{key}", sources, ">= 0", getattr(aug, key))
     _require(0 <= aug.erase_prob <= 1, "augment.erase_prob", sources, "in [0, 1]", aug.erase_prob)
     _require(0 <= aug.label_smoothing < 1, "augment.label_smoothing", sources, "in [0, 1)", aug.label_smoothing)
+    if aug.randaugment is not None:  # parsed here by the class the data workers build, not after start-up
+        from .data.transforms import ClipRandAugment
+        try:
+            ClipRandAugment(aug.randaugment, cfg.data.img_size, aug.mean)
+        except ValueError as exc:
+            _invalid("augment.randaugment", sources, str(exc).rstrip(": "))
 
 
 def _check_optim(cfg: Config, sources: dict[str, str]) -> None:

@@ -49,6 +49,11 @@ def read_with_bases(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dic
     """The file's mapping merged over its `base:` files (in order), and the file each dotted key was
     last set in; `chain` holds the files that named this one (to refuse loops)."""
     path = path.expanduser()
+    if path.is_dir():
+        named = f" (named as base: by {chain[-1]})" if chain else ""
+        found = sorted(path.glob("*.yaml"))[:3]
+        example = f", e.g. {', '.join(str(p) for p in found)}" if found else ""
+        raise ConfigError(f"config file {path}{named} is a directory: name a YAML config file{example}")
     if not path.is_file():
         where = f" (named as base: by {chain[-1]})" if chain else ""
         raise FileNotFoundError(f"config file {path} does not exist{where}")

@@ -8,15 +8,11 @@ import pytest
 
 from ppma_scale.config import ConfigError, DatasetSpec, load_config, parse_override, read_config
 
+from test_config import write  # the same helper as the other config tests (pytest puts this folder on sys.path)
+
 REPO = Path(__file__).resolve().parents[2]
 TEST_CONFIG = REPO / "configs" / "demo" / "pretrain_test.yaml"
 MANIFEST = "data.train=/x/manifest.json"
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
 
 
 @pytest.fixture()

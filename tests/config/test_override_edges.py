@@ -8,8 +8,6 @@ import pytest
 
 from ppma_scale.config import ConfigError, DatasetSpec, load_config, parse_override, read_config
 
-from test_config import write  # the same helper as the other config tests (pytest puts this folder on sys.path)
-
 REPO = Path(__file__).resolve().parents[2]
 TEST_CONFIG = REPO / "configs" / "demo" / "pretrain_test.yaml"
 MANIFEST = "data.train=/x/manifest.json"
@@ -17,9 +15,11 @@ MANIFEST = "data.train=/x/manifest.json"
 
 @pytest.fixture()
 def cfg_file(tmp_path: Path) -> Path:
-    write(tmp_path / "base.yaml", "optim:\n  layer_decay: 0.75\n  warmup_epochs: 5\n  lr: 2.0e-4\n")
-    return write(tmp_path / "leaf.yaml", "base: base.yaml\noptim:\n  weight_decay: 0.1\n"
-                                         "data:\n  train: [{manifest: a.json, weight: 1}, {manifest: b.json}]\n")
+    (tmp_path / "base.yaml").write_text("optim:\n  layer_decay: 0.75\n  warmup_epochs: 5\n  lr: 2.0e-4\n")
+    leaf = tmp_path / "leaf.yaml"
+    leaf.write_text("base: base.yaml\noptim:\n  weight_decay: 0.1\n"
+                    "data:\n  train: [{manifest: a.json, weight: 1}, {manifest: b.json}]\n")
+    return leaf
 
 
 # ---------------------------------------------------------------- 1. a mapping override merges into the section
@@ -139,7 +139,8 @@ def test_a_good_randaugment_spec_passes() -> None:
 # ---------------------------------------------------------------- 8. a directory as the config
 
 def test_a_directory_given_as_the_config_is_named_as_one(tmp_path: Path) -> None:
-    write(tmp_path / "configs" / "vitb.yaml", "model:\n  size: b\n")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "vitb.yaml").write_text("model:\n  size: b\n")
     with pytest.raises(ConfigError) as err:
         load_config(tmp_path / "configs")
     assert "is a directory" in str(err.value) and "YAML" in str(err.value)

@@ -274,6 +274,21 @@ def _fsync_existing(paths: Iterable[Path]) -> list[Path]:
     return synced
 
 
+def write_error(exc: OSError | RuntimeError, folder: Path) -> OSError:
+    """A failed checkpoint write as an OSError. torch.save reports a full disk or quota not as one
+    but as a RuntimeError ("basic_ios::clear: iostream error", "[enforce fail at inline_container.cc]
+    unexpected pos ..."), which named neither the folder nor the cause: both are added, with the free
+    space left."""
+    if isinstance(exc, OSError):
+        return exc
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:,.1f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return OSError(f"writing checkpoint files in {folder} failed ({first}); {free}: a full disk or quota?")
+
+
 def _save_deepspeed_files(engine, root: str, tag: str, client_state: dict) -> OSError | None:
     """`engine.save_checkpoint`, with a failed file write (a full disk, a quota) returned instead of
     raised: DeepSpeed ends its save in a barrier, which a rank leaving early would leave its peers
@@ -286,8 +301,8 @@ def _save_deepspeed_files(engine, root: str, tag: str, client_state: dict) -> OS
     def save(state_dict, path):
         try:
             return write(state_dict, path)
-        except OSError as exc:
-            failures.append(exc)
+        except (OSError, RuntimeError) as exc:  # torch.save's full disk is a RuntimeError
+            failures.append(write_error(exc, Path(path).parent))
 
     writer.save = save
     try:
@@ -350,8 +365,8 @@ class CheckpointManager:
             own += ["mp_rank_00_model_states.pt"] if self.dist.is_main else []
             synced = _fsync_existing(tag_dir / name for name in own)
             sums = {path.name: file_checksum(path) for path in synced}  # read back from the page cache
-        except OSError as exc:  # e.g. a full disk, or EIO from fsync (the data did not reach the disk)
-            error, sums = exc, {}
+        except (OSError, RuntimeError) as exc:  # e.g. a full disk, or EIO from fsync (the data did not reach the disk)
+            error, sums = write_error(exc, tag_dir), {}
         if _fault_requested(step, self.dist.rank):
             os.kill(os.getpid(), signal.SIGKILL)
         agree(error, False, f"writing its files of checkpoint {tag_dir}", self.dist.device)  # the barrier

@@ -1,6 +1,7 @@
-"""One rank of a 2-rank job (no launcher) whose rank 1 cannot write DeepSpeed's files of checkpoint 2
-(ENOSPC, as a full disk or quota does): `python save_fail_worker.py OUT`. Writes OUT/rank<R>.json
-with the error each rank ended with and how long it took."""
+"""One rank of a 2-rank job (no launcher) whose rank 1 cannot write DeepSpeed's files of checkpoint 2:
+`python save_fail_worker.py OUT [oserror|torch]`. `oserror`: ENOSPC, as a full disk or quota does
+to a plain write; `torch`: the RuntimeError torch.save raises instead on a full disk. Writes
+OUT/rank<R>.json with the error each rank ended with and how long it took."""
 import errno
 import json
 import os
@@ -17,11 +18,14 @@ from ppma_scale.engine.dist import exit_rank, shutdown  # noqa: E402
 from ppma_scale.engine.trainer import run  # noqa: E402
 
 rank, out = int(os.environ["RANK"]), Path(sys.argv[1])
+kind = sys.argv[2] if len(sys.argv) > 2 else "oserror"
 write = TorchCheckpointEngine.save
 
 
 def failing_write(self, state_dict, path):
     if rank == 1 and "step_00000002" in str(path):
+        if kind == "torch":
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4736 vs 4630")
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
     return write(self, state_dict, path)
 

@@ -445,6 +445,29 @@ class CheckpointManager:
         return states
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def run_ignoring_stop_signals(cmd: list[str]) -> subprocess.CompletedProcess:
+    """`cmd` with SLURM's and launchers' stop signals ignored (an ignored signal stays ignored across
+    exec). They reach the whole process group; the rank handles them by stopping cleanly after this
+    work, but they killed the child, and the run exited 1 with an empty error, so it was not requeued."""
+    def ignore() -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+    return subprocess.run(cmd, capture_output=True, text=True, preexec_fn=ignore)
+
+
+def exit_status(code: int) -> str:
+    """'exit code 1' or 'killed by SIGKILL'."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
 def convert_to_universal(tag_dir: Path, target: Path) -> str | None:
     """Run DeepSpeed's ds_to_universal on `tag_dir` into `target` (atomically); an error text or None."""
     tmp = target.with_name(target.name + ".tmp")
@@ -452,10 +475,10 @@ def convert_to_universal(tag_dir: Path, target: Path) -> str | None:
     shutil.rmtree(target, ignore_errors=True)
     cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
            "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "2"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = run_ignoring_stop_signals(cmd)
     if done.returncode != 0:
         return (f"converting {tag_dir} to a universal checkpoint (to resume on a different number of "
-                f"ranks) failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+                f"ranks) failed ({exit_status(done.returncode)}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     (tmp / MARKER).write_text(json.dumps({"source": str(tag_dir)}))
     os.replace(tmp, target)
     return None

@@ -253,12 +253,15 @@ class _Trainer:
         cfg, dist, task = self.cfg, self.dist, self.task
         ckpt = plan.checkpoint
         engine, load = self._build_engine(ckpt)
+        if load is not None and load[2] and distmod.all_reduce_max(self.stop.signum, dist.device):
+            return self._stopped_before_training(ckpt, "converting the checkpoint for another number of ranks "
+                                                       "(the converted copy is kept for the next start)")
         if ckpt is not None:
             self._load_weights(engine, ckpt, load)
         try:
             stream = task.build_train_stream(dist, engine)
         except StopAgreed:  # during a pass the task makes first (the linear probe's feature cache)
-            return self._stopped_before_training(ckpt)
+            return self._stopped_before_training(ckpt, "preparing the training data (the linear probe's feature pass)")
         self._data_layouts = getattr(stream, "shard_layouts", None)  # a stream whose cursor counts in shards
         start = ckpt.step if ckpt is not None else 0
         schedule = _Schedule(cfg, stream.steps_per_epoch, dist.world_size, start, plan.meta.get("epoch"),
@@ -294,15 +297,14 @@ class _Trainer:
             if callable(close):
                 close()
 
-    def _stopped_before_training(self, ckpt: Checkpoint | None) -> TrainResult:
-        """A stop signal while the training data was being prepared: nothing was trained since `ckpt`
-        (or the start), so there is nothing to save; the same command starts that preparation again."""
+    def _stopped_before_training(self, ckpt: Checkpoint | None, during: str) -> TrainResult:
+        """A stop signal `during` the work before the first step: nothing was trained since `ckpt` (or
+        the start), so there is nothing to save; the same command starts that work again."""
         name = signal.Signals(int(distmod.all_reduce_max(self.stop.signum, self.dist.device))).name
         step = ckpt.step if ckpt is not None else 0
         if self.dist.is_main:
             kept = f"{ckpt.path} stays the run's checkpoint" if ckpt is not None else "nothing to save"
-            print(f"stopping on {name} while preparing the training data (the linear probe's feature pass): no "
-                  f"step trained since step {step}, {kept}", flush=True)
+            print(f"stopping on {name} while {during}: no step trained since step {step}, {kept}", flush=True)
         return TrainResult(self.run_dir, step, step, name, ckpt.path if ckpt is not None else None)
 
     def _loop(self, engine, stream, schedule: _Schedule, log: MetricsLogger, start: int,

@@ -71,19 +71,26 @@ def read_state_dict(path: str | Path) -> StateDict:
         raise FileNotFoundError(f"pretrained weights {path} do not exist (expected a run directory, a "
                                 "checkpoint folder, a .safetensors/.pt file or a Hugging Face model folder)")
     if is_run_or_checkpoint(location):
-        from ..export import consolidated_state_dict
-        from .blend_export import checkpoint_blend, is_blend
-        from .checkpoint import find_checkpoint
-        ckpt = find_checkpoint(location, what="pretrained weights")
-        state = consolidated_state_dict(ckpt)
-        return checkpoint_blend(ckpt, state) if is_blend(state) else state  # an averaging run: its blend
+        return _merged(location, as_trunk=False)
     return load_weights_file(location)
+
+
+def _merged(location: Path, as_trunk: bool) -> StateDict:
+    """A run's or checkpoint's weights merged from its ZeRO partitions. `as_trunk`: an adaptive
+    averaging run's (alpha and a head) with its blend rebuilt as `encoder.*`, for readers of trunks."""
+    from ..export import consolidated_state_dict
+    from .blend_export import checkpoint_blend, is_blend
+    from .checkpoint import find_checkpoint
+    ckpt = find_checkpoint(location, what="pretrained weights")
+    state = consolidated_state_dict(ckpt)
+    return checkpoint_blend(ckpt, state) if as_trunk and is_blend(state) else state
 
 
 def read_trunk(path: str | Path) -> TrunkSource:
     """The trunk weights at `path` in our key names (layout detected from the keys)."""
     from ..models.convert import to_trunk_state_dict
-    full = read_state_dict(path)
+    location = Path(path).expanduser()
+    full = _merged(location, as_trunk=True) if is_run_or_checkpoint(location) else read_state_dict(path)
     try:
         trunk, layout = to_trunk_state_dict(full)
     except ValueError as exc:
@@ -116,12 +123,14 @@ def source_token_grid(path: str | Path, trunk: StateDict) -> tuple[int, int, int
 
 
 @contextmanager
-def merged_once(path: str | Path, dist=None, scratch_dir: str | Path | None = None) -> Iterator[str | Path]:
+def merged_once(path: str | Path, dist=None, scratch_dir: str | Path | None = None,
+                as_trunk: bool = False) -> Iterator[str | Path]:
     """What every rank of a job reads for the weights at `path`. A run or checkpoint folder is merged
     from its ZeRO partitions, which reads every source rank's optimizer files (the fp32 weights and
     both Adam moments): in a multi-rank job rank 0 merges once into `scratch_dir` (this run's folder,
     which every node sees), every rank reads that file, and it is removed once all have. Anything
-    else, or a single process, reads `path` itself. A failed merge raises ValueError on every rank."""
+    else, or a single process, reads `path` itself. A failed merge raises ValueError on every rank.
+    `as_trunk`: for a reader of trunks (see `_merged`)."""
     location = Path(path).expanduser()
     if dist is None or dist.world_size == 1 or scratch_dir is None or not is_run_or_checkpoint(location):
         yield path
@@ -129,14 +138,13 @@ def merged_once(path: str | Path, dist=None, scratch_dir: str | Path | None = No
     from . import dist as distmod
 
     def merge() -> str:
-        from ..export import consolidated_state_dict
         from ..models.convert import save_safetensors
         from .checkpoint import find_checkpoint
         ckpt = find_checkpoint(location, what="pretrained weights")
         digest = hashlib.sha1(str(ckpt.path.resolve()).encode()).hexdigest()[:12]
         target = Path(scratch_dir) / f".merged-{ckpt.tag}-{digest}.safetensors"
         target.parent.mkdir(parents=True, exist_ok=True)
-        return str(save_safetensors(consolidated_state_dict(ckpt), target))
+        return str(save_safetensors(_merged(ckpt.path, as_trunk), target))
 
     value = distmod.computed_on_rank0(merge, f"merging the ZeRO partitions of {location}")
     try:
@@ -155,7 +163,7 @@ def init_trunk(encoder: nn.Module, path: str | Path, dist=None, scratch_dir: str
     Returns the source and `models.convert.load_trunk_weights`'s report.
     """
     from ..models.convert import load_trunk_weights
-    with merged_once(path, dist, scratch_dir) as readable:
+    with merged_once(path, dist, scratch_dir, as_trunk=True) as readable:
         source = read_trunk(readable)
     source.path = str(path)
     try:

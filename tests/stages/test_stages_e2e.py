@@ -392,6 +392,11 @@ def test_an_averaged_run_exports_its_blend_as_a_trunk_others_start_from(averaged
     torch.testing.assert_close(exported[f"encoder.{key}"].double(), weights[0] * a[key].double() + weights[1] * b[key].double())
     assert read_trunk(tmp_path / "blend.safetensors").state[key].shape == a[key].shape  # a trunk model.init takes
     assert torch.equal(read_trunk(run_dir).state[key], exported[f"encoder.{key}"])  # model.init of the run itself
+    out = tmp_path / "test.json"  # while launch/evaluate.py still reads the run's own checkpoint (alpha + head)
+    done = subprocess.run([sys.executable, str(REPO / "launch" / "evaluate.py"), str(run_dir), "--out", str(out)],
+                          capture_output=True, text=True, timeout=180, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert json.loads(out.read_text())["top1"] == only_eval(run_dir)["top1"]
 
 
 def test_average_cli_equals_a_hand_computed_average(work, mae_weights, align):

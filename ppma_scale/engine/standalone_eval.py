@@ -56,7 +56,10 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None
     cfg.model.init = None  # the checkpoint holds the whole model
     task = build_task(cfg)
     task.resume_from = ckpt.path  # so the model is not announced as starting from random weights
-    if not task.check_checkpoint_record(read_marker(ckpt.path) or {}, ckpt.path):
+    marker = read_marker(ckpt.path) or {}
+    if marker.get("classes") and cfg.data.classes is None:  # the logits' label space, as recorded: the
+        task.classes = list(marker["classes"])  # training shards need not be on disk (a data.classes is checked)
+    if not task.check_checkpoint_record(marker, ckpt.path):
         print(f"WARNING: {ckpt.path} records no class names (saved before they were recorded): its logits are "
               "read in the order of this config's label space, which must be the run's own", file=sys.stderr,
               flush=True)

@@ -248,6 +248,17 @@ def run_python(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def test_evaluation_needs_only_the_test_set_when_the_checkpoint_records_its_classes(linprobe, tmp_path):
+    """The label space comes from the checkpoint's record: the training shards (often on scratch
+    storage, gone by the time a model is tested) are not opened."""
+    run_dir, _ = linprobe
+    out = tmp_path / "test.json"
+    done = run_python(str(REPO / "launch" / "evaluate.py"), str(run_dir), "--out", str(out),
+                      f"data.train={tmp_path / 'deleted' / 'manifest.json'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(out.read_text())["top1"] == only_eval(run_dir)["top1"]
+
+
 def test_checkpoints_record_their_class_names_and_evaluation_refuses_another_order(linprobe, tiny_shards, tmp_path):
     """A re-ordered label space would score the probe against shuffled labels (5.86 instead of 55.86
     on the demo, with no warning): the checkpoint's recorded names must match, or nothing is scored."""

@@ -151,6 +151,7 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
     "finished", their checkpoints and metrics interleaved in one folder."""
     from ..folder_lock import FolderLock, FolderLocked
     lock = FolderLock(run_dir, RUN_LOCK, "training job", "wait for it to end, or choose another --output")
+    created = not run_dir.exists()
 
     def acquire() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -162,6 +163,16 @@ def run_folder_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+        if created and lock_only_folder(run_dir):  # refused before anything was written: leave no folder
+            run_dir.rmdir()
+
+
+def lock_only_folder(folder: Path) -> bool:
+    """`folder` exists and is empty (what a run refused after taking its lock leaves)."""
+    try:
+        return not any(folder.iterdir())
+    except OSError:
+        return False
 
 
 RESUMED_GROUP_KEYS = ("weight_decay", "betas", "eps", "lr_scale")  # AdamW group settings the config decides

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SLOW = REPO / "tests" / "helpers" / "slow_save_launch.py"  # keeps the first job running long enough
+SCRIPT = REPO / "launch" / "pretrain.py"
 
 pytestmark = pytest.mark.distributed
 
@@ -22,21 +23,23 @@ pytestmark = pytest.mark.distributed
 def test_a_second_job_on_a_running_jobs_folder_is_refused_and_the_first_finishes(tmp_path, tiny_shards):
     run_dir = tmp_path / "run"
     args = ["--config", str(REPO / "configs" / "demo" / "pretrain_test.yaml"), "--output", str(run_dir),
-            f"data.train={tiny_shards['nohuman']}", "train.max_steps=6", "train.ckpt_every=2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLOW_SAVE_S": "1"}
-    first = subprocess.Popen([sys.executable, str(SLOW), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, cwd=REPO, env=env)
+            f"data.train={tiny_shards['nohuman']}", "train.max_steps=400", "train.ckpt_every=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, cwd=REPO, env=env)  # runs until stopped below
     deadline = time.monotonic() + 120
     while not (run_dir / "metrics.jsonl").is_file() and time.monotonic() < deadline:
         assert first.poll() is None, first.stdout.read()[-3000:]
         time.sleep(0.05)
-    second = subprocess.run([sys.executable, str(REPO / "launch" / "pretrain.py"), *args, "optim.lr=5e-3",
+    second = subprocess.run([sys.executable, str(SCRIPT), *args, "optim.lr=5e-3",
                              "--allow-config-change"], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert second.returncode == 2, second.stderr[-3000:]
     assert f"{run_dir} is being written by another training job (pid {first.pid} on host" in second.stderr
     assert "Traceback" not in second.stderr
+    assert first.poll() is None, "the first job ended before the second was refused"
+    first.send_signal(signal.SIGTERM)  # it saves and stops
     output, _ = first.communicate(timeout=120)
     assert first.returncode == 0, output[-3000:]
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 7))  # the first job's steps, once each
+    assert steps == list(range(1, len(steps) + 1))  # the first job's steps, once each
     assert not list(run_dir.glob("config.after-*")) and not (run_dir / ".run.lock").exists()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -248,19 +248,25 @@ def check_same_classes(recorded: list[str], current: list[str], where: Path) -> 
     classifier means recorded[i], so reading it against another order scores (or trains) shuffled labels."""
     if list(recorded) == list(current):
         return
-    from ..data.manifest import name_some
     from .checkpoint import MARKER
-    if sorted(recorded) == sorted(current):
-        moved = [f"#{i} {a!r} there / {b!r} here" for i, (a, b) in enumerate(zip(recorded, current)) if a != b]
-        what = f"the same {len(current)} classes in another order: {name_some(moved, 3)}"
-    else:
-        missing, extra = sorted(set(recorded) - set(current)), sorted(set(current) - set(recorded))
-        what = (f"{len(recorded)} classes there and {len(current)} here"
-                + (f"; only there: {name_some(missing, 4)}" if missing else "")
-                + (f"; only here: {name_some(extra, 4)}" if extra else ""))
+    what = class_difference(recorded, current)
     raise ValueError(f"{where} was trained on another label space than this config gives, {what}. Its logits "
                      "would be read against the wrong class names. Use the run's own data.classes and data.train "
                      f"(its config.yaml), or set data.classes to the names recorded in {Path(where) / MARKER}")
+
+
+def class_difference(first: Sequence[str], other: Sequence[str], first_where: str = "there",
+                     other_where: str = "here") -> str:
+    """How two label spaces (class names in logit order) differ, for an error message."""
+    from ..data.manifest import name_some
+    if sorted(first) == sorted(other):
+        moved = [f"#{i} {a!r} {first_where} / {b!r} {other_where}" for i, (a, b) in enumerate(zip(first, other))
+                 if a != b]
+        return f"the same {len(other)} classes in another order: {name_some(moved, 3)}"
+    missing, extra = sorted(set(first) - set(other)), sorted(set(other) - set(first))
+    return (f"{len(first)} classes {first_where} and {len(other)} {other_where}"
+            + (f"; only {first_where}: {name_some(missing, 4)}" if missing else "")
+            + (f"; only {other_where}: {name_some(extra, 4)}" if extra else ""))
 
 
 def share_buffers_from_rank0(module: nn.Module) -> None:

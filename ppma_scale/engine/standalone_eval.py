@@ -34,13 +34,17 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None
 
     `checkpoint` is a run directory (its latest checkpoint), a checkpoints/ folder or one step_N
     folder. The model is rebuilt from `cfg` (a blended trunk re-reads its sources, which checkpoints
-    do not duplicate) and loaded strictly. Rank 0 writes the metrics JSON (default:
-    RUN_DIR/eval/test_<tag>.json), which records the checkpoint, data and views it scored, and which
-    replaces an earlier file only with `overwrite`; every rank returns them. A stop signal (SLURM's
-    SIGTERM / SIGUSR1, a first Ctrl-C) on any rank ends every rank at the next batch they agree on,
-    with `EvaluationStopped` and no file: a test of a large set can outlast a job's time limit.
+    do not duplicate) and loaded strictly. Its label space is the class names the checkpoint records
+    (data.classes, if set, must list the same, in order; data.train is not opened, so the training
+    shards need not be on disk); a checkpoint saved before they were recorded takes this config's.
+    Rank 0 writes the metrics JSON (default: RUN_DIR/eval/test_<tag>.json), which records the
+    checkpoint, data and views it scored, and which replaces an earlier file only with `overwrite`;
+    every rank returns them. A stop signal (SLURM's SIGTERM / SIGUSR1, a first Ctrl-C) on any rank
+    ends every rank at the next batch they agree on, with `EvaluationStopped` and no file: a test of
+    a large set can outlast a job's time limit.
     """
     from .checkpoint import find_checkpoint, read_marker
+    from .classify import check_same_classes
     from .tasks import build_task
     if cfg.run.task not in ("classify", "linprobe"):
         raise ValueError(f"run.task is {cfg.run.task!r}: only classification runs (classify, linprobe) can be "
@@ -57,8 +61,11 @@ def evaluate_checkpoint(cfg, checkpoint: str | Path, out_file: str | Path | None
     task = build_task(cfg)
     task.resume_from = ckpt.path  # so the model is not announced as starting from random weights
     marker = read_marker(ckpt.path) or {}
-    if marker.get("classes") and cfg.data.classes is None:  # the logits' label space, as recorded: the
-        task.classes = list(marker["classes"])  # training shards need not be on disk (a data.classes is checked)
+    if marker.get("classes"):  # the logits' label space, as recorded: the training shards need not be on disk
+        if cfg.data.classes is not None:  # a class-names file given (or in the run's config) must say the same
+            from ..data.shards import label_space
+            check_same_classes(marker["classes"], label_space([], cfg.data.classes), ckpt.path)
+        task.classes = list(marker["classes"])  # data.val's classes are checked against it when it is read
     if not task.check_checkpoint_record(marker, ckpt.path):
         print(f"WARNING: {ckpt.path} records no class names (saved before they were recorded): its logits are "
               "read in the order of this config's label space, which must be the run's own", file=sys.stderr,

@@ -315,3 +315,93 @@ def test_a_checkpointed_trunk_blends_and_learns_alpha_as_an_uncheckpointed_one(m
         grads.append(trunk.alpha.grad)
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[1], grads[0])
+
+
+CLASSES = ["walk", "squat", "jump", "wave"]
+
+
+def classified_soup_inputs(tmp_path, *class_lists):
+    """Weights files that record class names as `ppma-export` does (None: no record)."""
+    import json
+
+    from safetensors.torch import save_file
+    paths = []
+    for index, (state, classes) in enumerate(zip(trunk_states(len(class_lists)), class_lists)):
+        paths.append(tmp_path / f"in{index}.safetensors")
+        save_file(state, paths[-1], metadata=None if classes is None else {"classes": json.dumps(classes)})
+    return paths
+
+
+def test_average_cli_refuses_heads_of_another_class_order_and_the_soup_records_the_shared_one(tmp_path, capsys):
+    """Heads of runs trained with data.classes in different orders were blended logit by logit (each
+    logit a mix of two classes) without a word; resume and evaluation refuse such a label space."""
+    import json
+
+    from safetensors import safe_open
+
+    from ppma_scale.average import main
+    a, b = classified_soup_inputs(tmp_path, CLASSES, CLASSES[::-1])
+    out = tmp_path / "soup.safetensors"
+    assert main([str(a), str(b), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{a} and {b} were trained on different label spaces" in err
+    assert "the same 4 classes in another order: #0 " in err and "--trunk" in err
+    assert not out.exists()
+    (tmp_path / "same").mkdir()
+    c, d = classified_soup_inputs(tmp_path / "same", CLASSES, CLASSES)
+    assert main([str(c), str(d), "--out", str(out)]) == 0
+    with safe_open(str(out), framework="pt") as handle:
+        assert json.loads(handle.metadata()["classes"]) == CLASSES
+    capsys.readouterr()
+    assert main([str(out), str(b), "--out", str(tmp_path / "again.safetensors")]) == 2  # a soup is checked too
+    assert f"{out} and {b} were trained on different label spaces" in capsys.readouterr().err
+
+
+def test_average_cli_refuses_other_class_sets_and_inputs_without_a_record_among_recorded_ones(tmp_path, capsys):
+    from ppma_scale.average import main
+    a, b, bare = classified_soup_inputs(tmp_path, CLASSES, CLASSES[:3] + ["run"], None)
+    out = tmp_path / "soup.safetensors"
+    assert main([str(a), str(b), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "4 classes in" in err and "; only in" in err and "wave" in err and "run" in err
+    assert main([str(a), str(bare), "--out", str(out)]) == 2
+    assert f"{bare} records no class names, but {a} does" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_average_cli_reads_the_classes_a_run_folder_records_before_merging_its_weights(tmp_path, capsys):
+    """A run directory's class names come from its checkpoint's marker: a mismatch is refused before
+    the (possibly large) ZeRO partitions are read."""
+    import json
+
+    from ppma_scale.average import main
+    (a,) = classified_soup_inputs(tmp_path, CLASSES)
+    tag = tmp_path / "run" / "checkpoints" / "step_00000004"
+    tag.mkdir(parents=True)
+    for name in ("rank_00000.pt", "mp_rank_00_model_states.pt"):  # never opened: the marker refuses first
+        (tag / name).write_bytes(b"")
+    (tag / "ppma_complete.json").write_text(json.dumps({"step": 4, "world_size": 1, "zero_stage": 0,
+                                                        "classes": CLASSES[::-1]}))
+    assert main([str(a), str(tmp_path / "run"), "--out", str(tmp_path / "soup.safetensors")]) == 2
+    assert f"{a} and {tmp_path / 'run'} were trained on different label spaces" in capsys.readouterr().err
+
+
+def test_average_cli_warns_when_no_input_records_the_classes_of_its_heads(tmp_path, capsys):
+    """Checkpoints saved before class names were recorded can still be averaged, with a warning and a
+    soup that records no classes (nothing is claimed); models without a head are averaged silently."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from ppma_scale.average import main
+    paths = []
+    for index, state in enumerate(trunk_states(2)):
+        paths.append(tmp_path / f"head{index}.safetensors")
+        save_file({**state, "head.fc.weight": torch.full((4, 6), float(index))}, paths[-1])
+    out = tmp_path / "soup.safetensors"
+    assert main([str(p) for p in paths] + ["--out", str(out)]) == 0
+    assert "none of the inputs records its class names" in capsys.readouterr().err
+    with safe_open(str(out), framework="pt") as handle:
+        assert "classes" not in handle.metadata()
+    a, b = soup_inputs(tmp_path)
+    assert main([str(a), str(b), "--out", str(tmp_path / "trunks.safetensors")]) == 0
+    assert "WARNING" not in capsys.readouterr().err
